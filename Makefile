@@ -1,0 +1,32 @@
+# One entry point for a fresh machine: `make demo` and `make test` create .venv and install the
+# pinned dependencies (constraints.txt) when missing.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint proto clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade "pip>=23"
+	# torch first, from the local CPU wheel, so nothing later pulls a CUDA build.
+	$(BIN)/pip install --quiet -c constraints.txt torch==2.13.0
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/fiun-sim centralized --framework fl --dataset digits --model mlp --forget 2 --seed 0
+
+test: $(STAMP)
+	$(BIN)/ruff check fiun_peer simulations tests bench
+	$(BIN)/python -m pytest -q -m "not slow"; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+lint: $(STAMP)
+	$(BIN)/ruff check fiun_peer simulations tests bench
+
+proto: $(STAMP)
+	$(BIN)/python -m fiun_peer.rpc.regenerate
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,195 @@
+"""Fisher Inheritance Unlearning: merge (Eq. 5) and dampen (Eq. 6), plus the one recipe both the
+centralized reference and every peer call, so the two agree to the bit.
+
+Pure functions over tensors: inputs are never mutated, outputs are new tensors.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor
+
+from .fisher import ESTIMATORS, Fisher, fisher_from_features
+
+NORMALIZATIONS = ("none", "mean")
+
+
+class FisherError(ValueError):
+    """Fishers that cannot be combined: mismatched keys or shapes, NaN/Inf, negative entries."""
+
+
+def _check_finite(name: str, t: Tensor) -> None:
+    if not torch.isfinite(t).all():
+        raise FisherError(f"{name} holds NaN or Inf")
+
+
+def check_fisher(fisher: Mapping[str, Tensor], *, name: str = "fisher") -> None:
+    """Raise FisherError unless every entry is a finite, non-negative floating tensor."""
+    if not fisher:
+        raise FisherError(f"{name} is empty")
+    for k, v in fisher.items():
+        if not isinstance(v, Tensor) or not v.is_floating_point():
+            raise FisherError(f"{name}[{k!r}] is not a floating-point tensor")
+        _check_finite(f"{name}[{k!r}]", v)
+        if (v < 0).any():
+            raise FisherError(f"{name}[{k!r}] has negative entries; a diagonal Fisher is >= 0")
+
+
+def merge_fishers(fishers: Iterable[Mapping[str, Tensor]]) -> Fisher:
+    """Eq. 5: the merged unlearning Fisher F̂ᴹ_j = Φ({F̂ᴰ_j,k}), Φ = element-wise maximum."""
+    fishers = list(fishers)
+    if not fishers:
+        raise FisherError("merge_fishers needs at least one Fisher")
+    keys = set(fishers[0])
+    for i, f in enumerate(fishers):
+        if set(f) != keys:
+            raise FisherError(f"Fisher {i} has keys {sorted(f)}, expected {sorted(keys)}")
+        for k in keys:
+            if f[k].shape != fishers[0][k].shape:
+                raise FisherError(f"Fisher {i}[{k!r}] has shape {tuple(f[k].shape)}, "
+                                  f"expected {tuple(fishers[0][k].shape)}")
+            _check_finite(f"Fisher {i}[{k!r}]", f[k])
+    out: Fisher = {}
+    for k in sorted(keys):
+        m = fishers[0][k].clone()
+        for f in fishers[1:]:
+            m = torch.maximum(m, f[k])
+        out[k] = m
+    return out
+
+
+def dampen(
+    params: Mapping[str, Tensor],
+    model_fisher: Mapping[str, Tensor],
+    unlearning_fisher: Mapping[str, Tensor],
+    *,
+    tau: float = 1.0,
+    gamma: float = 1.0,
+    eta: float = 0.1,
+) -> dict[str, Tensor]:
+    """Eq. 6: a last-layer parameter l is selected iff F̂ᴹ_l > γ·F_l (no division, so zeros are
+    safe); a selected parameter becomes min(τ·F_l / F̂ᴹ_l, η)·w_l, the others stay as they are."""
+    for name, value in (("tau", tau), ("gamma", gamma), ("eta", eta)):
+        if not math.isfinite(value) or value < 0:
+            raise FisherError(f"{name} must be a finite, non-negative number, got {value}")
+    if set(params) != set(model_fisher) or set(params) != set(unlearning_fisher):
+        raise FisherError(f"keys differ: params {sorted(params)}, model Fisher {sorted(model_fisher)}, "
+                          f"unlearning Fisher {sorted(unlearning_fisher)}")
+    out: dict[str, Tensor] = {}
+    for k in sorted(params):
+        w, f, fm = params[k], model_fisher[k], unlearning_fisher[k]
+        if not (w.shape == f.shape == fm.shape):
+            raise FisherError(f"shape mismatch for {k!r}: weight {tuple(w.shape)}, model Fisher "
+                              f"{tuple(f.shape)}, unlearning Fisher {tuple(fm.shape)}")
+        _check_finite(f"params[{k!r}]", w)
+        _check_finite(f"model Fisher[{k!r}]", f)
+        _check_finite(f"unlearning Fisher[{k!r}]", fm)
+        f = f.to(w.dtype)
+        fm = fm.to(w.dtype)
+        selected = fm > gamma * f
+        # fm > gamma*f >= 0 on selected entries, so the division is safe there.
+        ratio = torch.where(selected, tau * f / torch.where(selected, fm, torch.ones_like(fm)),
+                            torch.ones_like(fm))
+        factor = torch.clamp(ratio, max=eta)
+        out[k] = torch.where(selected, factor * w, w).clone()
+    return out
+
+
+def normalize_fisher(fisher: Mapping[str, Tensor], method: str) -> Fisher:
+    """Rescale a Fisher so Fishers of *different* models are comparable in Eq. 6.
+
+    ``none`` keeps the paper's raw values. ``mean`` divides each tensor by its own mean, so the
+    comparison F̂ᴹ > γ·F asks "is this parameter more important to the forget data, relative to that
+    model's typical importance, than to this model's own data, relative to its typical importance?".
+    """
+    if method not in NORMALIZATIONS:
+        raise FisherError(f"unknown normalization {method!r}; expected one of {', '.join(NORMALIZATIONS)}")
+    if method == "none":
+        return {k: v.clone() for k, v in fisher.items()}
+    out: Fisher = {}
+    for k, v in fisher.items():
+        mean = v.mean()
+        out[k] = v / mean if mean > 0 else torch.zeros_like(v)
+    return out
+
+
+@dataclass(frozen=True)
+class FIUnSettings:
+    """The knobs of one unlearning request; every peer applies the same ones.
+
+    ``normalize`` and ``per_label`` are our additions (see RESULTS.md); ``paper()`` gives the
+    paper-exact behaviour.
+    """
+
+    estimator: str = "empirical"
+    tau: float = 1.0
+    gamma: float = 1.0
+    eta: float = 0.1
+    normalize: str = "mean"
+    per_label: bool = True
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"unknown estimator {self.estimator!r}; expected one of {', '.join(ESTIMATORS)}")
+        if self.normalize not in NORMALIZATIONS:
+            raise ValueError(f"unknown normalization {self.normalize!r}")
+        for name in ("tau", "gamma", "eta"):
+            v = getattr(self, name)
+            if not math.isfinite(v) or v < 0:
+                raise ValueError(f"{name} must be a finite, non-negative number, got {v}")
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+
+    @classmethod
+    def paper(cls) -> FIUnSettings:
+        """Eqs. 3-6 exactly as the paper and its public code: batch estimator, raw Fishers."""
+        return cls(estimator="batch", normalize="none", per_label=False)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def model_fisher(features: Tensor, head_weight: Tensor, head_bias: Tensor | None, labels: Tensor,
+                 settings: FIUnSettings) -> Fisher:
+    """Eq. 4: the model Fisher F_j on the model's own training data (computed at publish time)."""
+    return fisher_from_features(features, head_weight, head_bias, labels,
+                                estimator=settings.estimator, batch_size=settings.batch_size)
+
+
+def unlearning_fisher(features: Tensor, head_weight: Tensor, head_bias: Tensor | None, labels: Tensor,
+                      forget_labels: Sequence[int], settings: FIUnSettings) -> Fisher:
+    """Eq. 3: a discovery node's unlearning Fisher F̂ᴰ_i on its forget data (samples whose label is
+    in C_f). With ``per_label`` one Fisher is estimated per forgotten label and they are merged with
+    Eq. 5, so one label's gradients cannot drown another's."""
+    labels = torch.as_tensor(labels).long()
+    forget = sorted({int(c) for c in forget_labels})
+    groups = [[c] for c in forget] if settings.per_label else [forget]
+    parts = []
+    for group in groups:
+        mask = torch.isin(labels, torch.tensor(group, dtype=torch.long))
+        if mask.any():
+            parts.append(fisher_from_features(features[mask], head_weight, head_bias, labels[mask],
+                                              estimator=settings.estimator,
+                                              batch_size=settings.batch_size))
+    if not parts:
+        raise FisherError(f"no samples with labels {forget} in this model's data: not a discovery node")
+    return merge_fishers(parts)
+
+
+def fiun_update(params: Mapping[str, Tensor], own_model_fisher: Mapping[str, Tensor],
+                discovery_fishers: Sequence[Mapping[str, Tensor]], settings: FIUnSettings) -> dict[str, Tensor]:
+    """Algorithm 1, lines 9-10, for one node: normalize, merge (Eq. 5), dampen (Eq. 6).
+
+    ``params`` are the node's last-layer tensors keyed like the Fishers ("weight", "bias").
+    """
+    check_fisher(own_model_fisher, name="model Fisher")
+    for i, f in enumerate(discovery_fishers):
+        check_fisher(f, name=f"unlearning Fisher {i}")
+    merged = merge_fishers(normalize_fisher(f, settings.normalize) for f in discovery_fishers)
+    return dampen(params, normalize_fisher(own_model_fisher, settings.normalize), merged,
+                  tau=settings.tau, gamma=settings.gamma, eta=settings.eta)
