@@ -60,16 +60,37 @@ def synthetic(num_classes: int = 100, per_class: int = 60, image_size: int = 8, 
 
 
 def _read_cifar_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    with open(path, "rb") as fh:
-        entry = pickle.load(fh, encoding="bytes")
+    try:
+        with open(path, "rb") as fh:
+            entry = pickle.load(fh, encoding="bytes")
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, TypeError) as exc:
+        raise ValueError(f"{path} is not a CIFAR-100 python file (cannot unpickle it: {exc})") from exc
+    if not isinstance(entry, dict):
+        raise ValueError(f"{path} is not a CIFAR-100 python file (expected a dict, got {type(entry).__name__})")
     data = entry.get(b"data", entry.get("data"))
     labels = entry.get(b"fine_labels", entry.get("fine_labels"))
     if data is None or labels is None:
         raise ValueError(f"{path} is not a CIFAR-100 python file (needs 'data' and 'fine_labels')")
-    data = np.asarray(data, dtype=np.uint8)
+    try:
+        data = np.asarray(data)
+        labels = np.asarray(labels)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: 'data' must be N x 3072 uint8 and 'fine_labels' integers ({exc})") from exc
+    if data.dtype != np.uint8:
+        # np.asarray(..., dtype=np.uint8) would silently wrap out-of-range integers.
+        if data.dtype.kind not in "iu" or (data.size and (data.min() < 0 or data.max() > 255)):
+            raise ValueError(f"{path}: 'data' must be N x 3072 uint8, got dtype {data.dtype}")
+        data = data.astype(np.uint8)
+    if labels.size and labels.dtype.kind not in "iu":
+        raise ValueError(f"{path}: 'fine_labels' must be integers, got dtype {labels.dtype}")
+    labels = labels.astype(np.int64)
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise ValueError(f"{path}: 'data' must be N x 3072 uint8, got {data.shape}")
-    return data.reshape(-1, 3, 32, 32).astype(np.float32) / 255.0, np.asarray(labels, dtype=np.int64)
+    if labels.shape != (data.shape[0],):
+        raise ValueError(f"{path}: {data.shape[0]} images but 'fine_labels' has shape {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() >= 100):
+        raise ValueError(f"{path}: 'fine_labels' must lie in [0, 100), got [{labels.min()}, {labels.max()}]")
+    return data.reshape(-1, 3, 32, 32).astype(np.float32) / 255.0, labels
 
 
 def load_cifar100(folder: str | Path) -> Dataset:

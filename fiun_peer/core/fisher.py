@@ -49,11 +49,16 @@ def fisher_from_features(
     *,
     estimator: str,
     batch_size: int = 64,
+    temperature: float = 1.0,
 ) -> Fisher:
     """Diagonal Fisher of a Linear head y = W h + b on ``features``, closed form (Eqs. 3/4).
 
     Returns ``{"weight": Tensor[C, D], "bias": Tensor[C]}`` (no "bias" when ``head_bias`` is None).
+    ``temperature`` T evaluates the Fisher of the tempered likelihood softmax(z / T) (T = 1 is the
+    paper's); a large T keeps the residuals of confidently classified samples from vanishing.
     """
+    if not temperature > 0:
+        raise ValueError("temperature must be > 0")
     _check_estimator(estimator)
     if features.ndim != 2 or head_weight.ndim != 2 or features.shape[1] != head_weight.shape[1]:
         raise ValueError(f"features {tuple(features.shape)} do not fit head weight {tuple(head_weight.shape)}")
@@ -70,7 +75,7 @@ def fisher_from_features(
     logits = h @ head_weight.T
     if head_bias is not None:
         logits = logits + head_bias
-    p = torch.softmax(logits, dim=1)
+    p = torch.softmax(logits / temperature, dim=1)
     h2 = h * h
 
     if estimator == "exact":
@@ -134,14 +139,16 @@ def head_features(model: nn.Module, inputs: Tensor, head: nn.Module | str | None
     _, head_module = _resolve_head(model, head)
     captured: list[Tensor] = []
     hook = head_module.register_forward_hook(lambda _m, args, _out: captured.append(args[0].detach()))
-    was_training = model.training
+    # Restore each submodule's own mode afterwards (e.g. frozen BatchNorm inside a training model).
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         for start in range(0, inputs.shape[0], chunk):
             model(inputs[start:start + chunk])
     finally:
         hook.remove()
-        model.train(was_training)
+        for m, training in modes:
+            m.training = training
     return torch.cat(captured).flatten(1) if captured else torch.empty(0)
 
 
@@ -174,7 +181,7 @@ def per_sample_fisher(
         batches = 0
         for start in range(0, features.shape[0], batch_size):
             xb, yb = features[start:start + batch_size], labels[start:start + batch_size]
-            g = grad(lambda p: nn.functional.cross_entropy(functional_call(head, p, (xb,)), yb))(params)
+            g = grad(lambda p, xb=xb, yb=yb: nn.functional.cross_entropy(functional_call(head, p, (xb,)), yb))(params)
             for k in acc:
                 acc[k] += g[k] * g[k]
             batches += 1

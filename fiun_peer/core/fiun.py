@@ -34,8 +34,12 @@ def check_fisher(fisher: Mapping[str, Tensor], *, name: str = "fisher") -> None:
     for k, v in fisher.items():
         if not isinstance(v, Tensor) or not v.is_floating_point():
             raise FisherError(f"{name}[{k!r}] is not a floating-point tensor")
-        _check_finite(f"{name}[{k!r}]", v)
-        if (v < 0).any():
+        if v.numel() == 0:
+            continue
+        lo, hi = torch.aminmax(v)  # one pass; NaN propagates into both and fails both tests
+        if not bool(hi < math.inf) or not bool(lo > -math.inf):
+            raise FisherError(f"{name}[{k!r}] holds NaN or Inf")
+        if not bool(lo >= 0):
             raise FisherError(f"{name}[{k!r}] has negative entries; a diagonal Fisher is >= 0")
 
 
@@ -52,14 +56,7 @@ def merge_fishers(fishers: Iterable[Mapping[str, Tensor]]) -> Fisher:
             if f[k].shape != fishers[0][k].shape:
                 raise FisherError(f"Fisher {i}[{k!r}] has shape {tuple(f[k].shape)}, "
                                   f"expected {tuple(fishers[0][k].shape)}")
-            _check_finite(f"Fisher {i}[{k!r}]", f[k])
-    out: Fisher = {}
-    for k in sorted(keys):
-        m = fishers[0][k].clone()
-        for f in fishers[1:]:
-            m = torch.maximum(m, f[k])
-        out[k] = m
-    return out
+    return {k: torch.stack([f[k] for f in fishers]).amax(0) for k in sorted(keys)}
 
 
 def dampen(
@@ -85,17 +82,21 @@ def dampen(
         if not (w.shape == f.shape == fm.shape):
             raise FisherError(f"shape mismatch for {k!r}: weight {tuple(w.shape)}, model Fisher "
                               f"{tuple(f.shape)}, unlearning Fisher {tuple(fm.shape)}")
-        _check_finite(f"params[{k!r}]", w)
-        _check_finite(f"model Fisher[{k!r}]", f)
-        _check_finite(f"unlearning Fisher[{k!r}]", fm)
+        # One fused test: a NaN or Inf in any of the three makes the sum non-finite.
+        if not bool(torch.isfinite(w + f.to(w.dtype) + fm.to(w.dtype)).all()):
+            for label, t in (("params", w), ("model Fisher", f), ("unlearning Fisher", fm)):
+                _check_finite(f"{label}[{k!r}]", t)
+            raise FisherError(f"{k!r}: values too large to compare (overflow)")
+        if (f < 0).any() or (fm < 0).any():
+            # A negative F would select an entry with F̂ᴹ = 0 and divide by zero below.
+            raise FisherError(f"negative Fisher entries for {k!r}; a diagonal Fisher is >= 0")
         f = f.to(w.dtype)
         fm = fm.to(w.dtype)
         selected = fm > gamma * f
-        # fm > gamma*f >= 0 on selected entries, so the division is safe there.
-        ratio = torch.where(selected, tau * f / torch.where(selected, fm, torch.ones_like(fm)),
-                            torch.ones_like(fm))
-        factor = torch.clamp(ratio, max=eta)
-        out[k] = torch.where(selected, factor * w, w).clone()
+        # fm > gamma*f >= 0 on selected entries, so the division is safe there; unselected entries
+        # get factor 1 and w * 1.0 is w exactly.
+        factor = torch.where(selected, torch.clamp(tau * f / torch.where(selected, fm, 1.0), max=eta), 1.0)
+        out[k] = w * factor
     return out
 
 
@@ -109,7 +110,7 @@ def normalize_fisher(fisher: Mapping[str, Tensor], method: str) -> Fisher:
     if method not in NORMALIZATIONS:
         raise FisherError(f"unknown normalization {method!r}; expected one of {', '.join(NORMALIZATIONS)}")
     if method == "none":
-        return {k: v.clone() for k, v in fisher.items()}
+        return dict(fisher)  # tensors are never mutated downstream, so no copy is needed
     out: Fisher = {}
     for k, v in fisher.items():
         mean = v.mean()
@@ -127,10 +128,12 @@ class FIUnSettings:
 
     estimator: str = "empirical"
     tau: float = 1.0
-    gamma: float = 1.0
-    eta: float = 0.1
-    normalize: str = "mean"
+    gamma: float = 3.0
+    eta: float = 0.0
+    normalize: str = "none"
     per_label: bool = True
+    center: bool = True
+    temperature: float = 4.0
     batch_size: int = 64
 
     def __post_init__(self) -> None:
@@ -142,13 +145,16 @@ class FIUnSettings:
             v = getattr(self, name)
             if not math.isfinite(v) or v < 0:
                 raise ValueError(f"{name} must be a finite, non-negative number, got {v}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"temperature must be a finite number > 0, got {self.temperature}")
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
 
     @classmethod
     def paper(cls) -> FIUnSettings:
         """Eqs. 3-6 exactly as the paper and its public code: batch estimator, raw Fishers."""
-        return cls(estimator="batch", normalize="none", per_label=False)
+        return cls(estimator="batch", gamma=1.0, eta=0.1, normalize="none", per_label=False, center=False,
+                   temperature=1.0)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -157,8 +163,8 @@ class FIUnSettings:
 def model_fisher(features: Tensor, head_weight: Tensor, head_bias: Tensor | None, labels: Tensor,
                  settings: FIUnSettings) -> Fisher:
     """Eq. 4: the model Fisher F_j on the model's own training data (computed at publish time)."""
-    return fisher_from_features(features, head_weight, head_bias, labels,
-                                estimator=settings.estimator, batch_size=settings.batch_size)
+    return fisher_from_features(features, head_weight, head_bias, labels, estimator=settings.estimator,
+                                batch_size=settings.batch_size, temperature=settings.temperature)
 
 
 def unlearning_fisher(features: Tensor, head_weight: Tensor, head_bias: Tensor | None, labels: Tensor,
@@ -174,8 +180,8 @@ def unlearning_fisher(features: Tensor, head_weight: Tensor, head_bias: Tensor |
         mask = torch.isin(labels, torch.tensor(group, dtype=torch.long))
         if mask.any():
             parts.append(fisher_from_features(features[mask], head_weight, head_bias, labels[mask],
-                                              estimator=settings.estimator,
-                                              batch_size=settings.batch_size))
+                                              estimator=settings.estimator, batch_size=settings.batch_size,
+                                              temperature=settings.temperature))
     if not parts:
         raise FisherError(f"no samples with labels {forget} in this model's data: not a discovery node")
     return merge_fishers(parts)
@@ -191,5 +197,19 @@ def fiun_update(params: Mapping[str, Tensor], own_model_fisher: Mapping[str, Ten
     for i, f in enumerate(discovery_fishers):
         check_fisher(f, name=f"unlearning Fisher {i}")
     merged = merge_fishers(normalize_fisher(f, settings.normalize) for f in discovery_fishers)
+    if settings.center:
+        params = center_head(params)
     return dampen(params, normalize_fisher(own_model_fisher, settings.normalize), merged,
                   tau=settings.tau, gamma=settings.gamma, eta=settings.eta)
+
+
+def center_head(params: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Re-express a softmax head in its zero-mean gauge: subtract the mean over classes from every
+    column of the weight and from the bias.
+
+    Softmax is invariant to adding one vector to every row of W (and one constant to every bias), so
+    predictions, probabilities and the Fisher are unchanged. What changes is what "scale towards
+    zero" in Eq. 6 means: in this gauge a dampened class logit moves to the *average* logit, below
+    its competitors, instead of to an arbitrary 0 that may still beat them.
+    """
+    return {k: v - v.mean(0, keepdim=True) for k, v in params.items()}

@@ -1,0 +1,587 @@
+"""The libp2p side of a peer: one host, GossipSub on two topics, running on trio.
+
+``GossipNode`` owns a py-libp2p host (Ed25519 identity, Noise only, yamux only) and a GossipSub
+router.  It carries small payloads only (records, digests): tensors travel over gRPC.
+
+Topics
+------
+* ``topic`` (default ``fiun/records/v1``): application payloads, delivered to ``on_message``.
+* ``fiun/hello/v1``: the *hello* protocol.  Each node that was given an ``announce`` blob (the agent
+  puts a small JSON there: gRPC address + public key) publishes it on this topic periodically
+  (``hello_interval``), soon after each new connection, and soon after it learns of a peer it had
+  not heard from before (so a newcomer learns everybody within about a second, not an interval).
+  On the wire a hello is ``HELLO_MAGIC + boot id (8 random bytes per run) + blob``.  Receivers
+  call ``on_hello(blob, origin_peer_id)`` the first time they hear from a peer, whenever its blob
+  changes, and when it restarted (new boot id): the agent's cue to run a catch-up sync with it.
+  ``known_hellos()`` returns the latest blob per peer.  The origin peer id
+  comes from the pubsub message signature (strict signing), so a blob cannot be spoofed for
+  another peer id; whatever the blob itself claims (a public key) is for the agent to check.
+
+py-libp2p 0.8.1 traps this module works around (see DESIGN.md "Measured on this machine kind"):
+* GossipSub spam protection drops > ``max_messages_per_topic_per_second`` (default 10) messages
+  per forwarding peer and topic *silently*; it even applies to our own publishes.  We raise it
+  (default 1000) and pace our own publishing well below it.
+* The per-peer outbound RPC queue holds 32 RPCs and drops the rest; ``publish`` waits until the
+  queues have room (back-pressure) instead of overrunning them.
+* The subscription channel holds 32 messages and drops the rest; a dedicated task drains it into
+  a large buffer at once, and a second task runs the (possibly slow) callbacks.
+* Adaptive gossip stretches the heartbeat to 30-60 s when it judges the mesh unhealthy (a small
+  mesh looks unhealthy); it is turned off so the heartbeat stays at ``heartbeat_interval``.
+* Our own publishes are delivered to our own subscription: they are filtered out here.
+Gossip is best effort all the same: the agent's anti-entropy sync must repair any gap.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import multiaddr
+import trio
+from libp2p import new_host
+from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee, ISubscriptionAPI
+from libp2p.crypto.keys import KeyPair
+from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
+from libp2p.pubsub.pb import rpc_pb2
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.pubsub.rpc_queue import DefaultMaxMessageSize, OutBoundQueueSize
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.tools.anyio_service import background_trio_service
+
+logger = logging.getLogger(__name__)
+
+RECORDS_TOPIC = "fiun/records/v1"
+HELLO_TOPIC = "fiun/hello/v1"
+HELLO_MAGIC = b"fiun-hello/1\n"
+_BOOT_ID_LEN = 8
+
+#: GossipSub's RPC frame limit (1 MiB, as in go-libp2p-pubsub): a larger RPC is dropped by the
+#: sender's queue and refused by the receiver.
+MAX_RPC_BYTES: int = DefaultMaxMessageSize
+#: Largest payload ``publish`` accepts.  The RPC around it also carries the topic, origin peer id,
+#: seqno, signature, public key and our signed peer record (a few hundred bytes); 16 KiB of
+#: headroom keeps every accepted payload deliverable.
+MAX_PAYLOAD_BYTES: int = MAX_RPC_BYTES - 16 * 1024
+
+SECURITY_PROTOCOLS: tuple[str, ...] = (str(NOISE_PROTOCOL_ID),)
+MUXER_PROTOCOLS: tuple[str, ...] = (str(YAMUX_PROTOCOL_ID),)
+# Newest first: multistream-select takes the first one both sides speak.
+GOSSIPSUB_PROTOCOLS: tuple[TProtocol, ...] = (PROTOCOL_ID_V12, PROTOCOL_ID_V11, PROTOCOL_ID)
+
+MessageHandler = Callable[[bytes, str], Awaitable[None]]
+PeerHandler = Callable[[str, list[str]], Awaitable[None]]
+
+
+class GossipError(RuntimeError):
+    """A gossip operation could not be done (node not running, bad address, dial failed)."""
+
+
+class PayloadTooLarge(ValueError):
+    """The payload exceeds what one pubsub message may carry."""
+
+
+@dataclass(frozen=True)
+class GossipConfig:
+    """Tunables; the defaults suit a small network of model owners."""
+
+    #: GossipSub heartbeat in seconds (py-libp2p's default is 120 s, far too slow to heal a mesh).
+    heartbeat_interval: float = 1.0
+    #: Mesh degree D, D_low, D_high (the GossipSub spec's defaults).
+    degree: int = 6
+    degree_low: int = 4
+    degree_high: int = 12
+    #: Receive-side spam limit per forwarding peer and topic.  Every peer should use the same
+    #: value: a relay forwards everybody's messages, so it must cover the whole network's rate.
+    max_messages_per_topic_per_second: float = 1000.0
+    #: Our own publish rate cap (messages per second per topic): a fraction of the limit above so
+    #: a relay that also forwards others' messages stays under its neighbours' limits.
+    publish_rate: float = 250.0
+    #: ``publish`` waits while any peer's outbound queue holds this many RPCs (the queue drops
+    #: beyond 32); ``publish_backpressure_timeout`` bounds the wait so one stuck peer cannot
+    #: stall publishing (that peer then misses messages and anti-entropy repairs it).
+    publish_queue_high_water: int = OutBoundQueueSize // 2
+    publish_backpressure_timeout: float = 5.0
+    #: Seconds between periodic hello announcements (newcomers are greeted sooner, see module doc).
+    hello_interval: float = 5.0
+    #: Minimum gap between two of our hellos, so a burst of new peers costs one hello.
+    hello_min_gap: float = 0.25
+    #: Bootstrap dialing: exponential backoff between failed dials, and how often a connected
+    #: bootstrap peer is checked (and re-dialled if the connection dropped).
+    bootstrap_backoff_initial: float = 0.2
+    bootstrap_backoff_max: float = 5.0
+    bootstrap_check_interval: float = 2.0
+    #: Messages buffered between libp2p and the callbacks (beyond this they are dropped and counted).
+    inbound_buffer: int = 10_000
+
+
+def _peer_str(peer_id: ID) -> str:
+    return peer_id.to_base58()
+
+
+class _ConnNotifee(INotifee):
+    """Forwards connect/disconnect events without blocking the swarm (notifees run inline)."""
+
+    def __init__(self, node: GossipNode) -> None:
+        self._node = node
+
+    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def connected(self, network: INetwork, conn: INetConn) -> None:
+        self._node._on_conn_event(conn, up=True)
+        await trio.lowlevel.checkpoint()
+
+    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
+        self._node._on_conn_event(conn, up=False)
+        await trio.lowlevel.checkpoint()
+
+    async def listen(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+class GossipNode:
+    """A libp2p host with GossipSub, for one peer.  Run it with ``await nursery.start(node.run)``.
+
+    All methods must be called from the trio thread that runs ``run`` (use ``TrioBridge`` from
+    other threads).
+    """
+
+    def __init__(
+        self,
+        key_pair: KeyPair,
+        listen_addr: str = "/ip4/127.0.0.1/tcp/0",
+        *,
+        topic: str = RECORDS_TOPIC,
+        on_message: MessageHandler | None = None,
+        on_peer_connected: PeerHandler | None = None,
+        on_hello: MessageHandler | None = None,
+        bootstrap: Sequence[str] = (),
+        announce: bytes | None = None,
+        advertise_addrs: Sequence[str] = (),
+        config: GossipConfig | None = None,
+    ) -> None:
+        if topic == HELLO_TOPIC:
+            raise ValueError(f"topic {HELLO_TOPIC!r} is reserved for hello announcements")
+        self._key_pair = key_pair
+        self._listen_maddr = multiaddr.Multiaddr(listen_addr)
+        self._peer_id = ID.from_pubkey(key_pair.public_key)
+        self.topic = topic
+        self._on_message = on_message
+        self._on_peer_connected = on_peer_connected
+        self._on_hello = on_hello
+        for addr in bootstrap:
+            info_from_p2p_addr(multiaddr.Multiaddr(addr))  # fail fast on a malformed address
+        self._bootstrap = list(bootstrap)
+        # What we tell peers instead of the listen address, e.g. the container's IP when
+        # listening on 0.0.0.0 (libp2p would otherwise advertise 0.0.0.0 itself).
+        self._advertise = [multiaddr.Multiaddr(a) for a in advertise_addrs]
+        if announce is not None:
+            self._check_size(announce, overhead=len(HELLO_MAGIC) + _BOOT_ID_LEN)
+        self._announce = announce
+        self.config = config or GossipConfig()
+
+        self._host: IHost | None = None
+        self._pubsub: Pubsub | None = None
+        self._gossipsub: GossipSub | None = None
+        self._up = False
+        self._publish_lock = trio.Lock()
+        self._publish_times: deque[float] = deque()
+        self._hellos: dict[str, bytes] = {}
+        self._hello_boots: dict[str, bytes] = {}
+        self._boot_id = os.urandom(_BOOT_ID_LEN)
+        self._hello_wanted = trio.Event()
+        # Peer connection bookkeeping: conns per peer, so the hook fires once per peer coming up.
+        self._conns: dict[str, set[int]] = {}
+        self._event_send: trio.MemorySendChannel[tuple[str, Any]] | None = None
+        self.stats: dict[str, int] = {
+            "published": 0,
+            "received": 0,
+            "hellos_received": 0,
+            "hellos_malformed": 0,
+            "dropped_inbound": 0,
+            "callback_errors": 0,
+        }
+
+    # ---- properties -----------------------------------------------------------------------
+
+    @property
+    def peer_id(self) -> str:
+        return _peer_str(self._peer_id)
+
+    @property
+    def is_up(self) -> bool:
+        """True between ``task_status.started()`` (listening, subscribed) and shutdown."""
+        return self._up
+
+    @property
+    def host(self) -> IHost | None:
+        """The underlying libp2p host once ``run`` has started (for diagnostics and tests)."""
+        return self._host
+
+    @property
+    def listen_addrs(self) -> list[str]:
+        """Addresses peers can dial, each ending in ``/p2p/<peer id>``.
+
+        The real listen addresses (port 0 resolved), or ``advertise_addrs`` if given.  A wildcard
+        listen address (``0.0.0.0``) is reported as is: pass ``advertise_addrs`` then.
+        """
+        if self._host is None:
+            return []
+        return [str(a) for a in self._host.get_addrs()]
+
+    @property
+    def announce(self) -> bytes | None:
+        return self._announce
+
+    @announce.setter
+    def announce(self, blob: bytes | None) -> None:
+        """Change our hello blob; it is re-announced at once."""
+        if blob is not None:
+            self._check_size(blob, overhead=len(HELLO_MAGIC) + _BOOT_ID_LEN)
+        self._announce = blob
+        self._hello_wanted.set()
+
+    def connected_peers(self) -> list[str]:
+        if self._host is None:
+            return []
+        return [_peer_str(p) for p in self._host.get_connected_peers()]
+
+    def mesh_peers(self, topic: str | None = None) -> list[str]:
+        """Peers in our GossipSub mesh for ``topic`` (default: the records topic)."""
+        if self._gossipsub is None:
+            return []
+        return [_peer_str(p) for p in self._gossipsub.mesh.get(topic or self.topic, set())]
+
+    def known_hellos(self) -> dict[str, bytes]:
+        """Latest hello blob per peer id (not including our own)."""
+        return dict(self._hellos)
+
+    def connection_protocols(self, peer_id: str) -> list[tuple[str | None, str | None]]:
+        """(security, muxer) protocol ids negotiated on each live connection to ``peer_id``."""
+        if self._host is None:
+            return []
+        conns = self._host.get_network().get_connections(ID.from_base58(peer_id))
+        return [(c.get_negotiated_security_protocol(), c.get_negotiated_muxer_protocol()) for c in conns]
+
+    # ---- running --------------------------------------------------------------------------
+
+    def _build_host(self) -> IHost:
+        # Noise only (py-libp2p's default also offers TLS, secio and plaintext), yamux only.
+        noise = NoiseTransport(self._key_pair, noise_privkey=create_x25519_key_pair().private_key)
+        return new_host(
+            key_pair=self._key_pair,
+            sec_opt={NOISE_PROTOCOL_ID: noise},
+            muxer_opt={YAMUX_PROTOCOL_ID: Yamux},
+            listen_addrs=[self._listen_maddr],
+            announce_addrs=self._advertise or None,
+        )
+
+    def _build_gossipsub(self) -> GossipSub:
+        c = self.config
+        return GossipSub(
+            protocols=list(GOSSIPSUB_PROTOCOLS),
+            degree=c.degree,
+            degree_low=c.degree_low,
+            degree_high=c.degree_high,
+            heartbeat_initial_delay=0.1,
+            heartbeat_interval=c.heartbeat_interval,  # type: ignore[arg-type]  # annotated int; a float works
+            adaptive_gossip_enabled=False,
+            spam_protection_enabled=True,
+            max_messages_per_topic_per_second=c.max_messages_per_topic_per_second,
+        )
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Start host, pubsub and gossipsub, subscribe, then run until cancelled.
+
+        ``task_status.started()`` fires once the host listens and both topics are subscribed;
+        bootstrap peers are dialled in the background (with retries), not awaited.
+        """
+        if self._host is not None:
+            raise GossipError("GossipNode.run may be called only once")
+        host = self._build_host()
+        gossipsub = self._build_gossipsub()
+        pubsub = Pubsub(host, gossipsub)
+        host.get_network().register_notifee(_ConnNotifee(self))
+        self._host, self._gossipsub, self._pubsub = host, gossipsub, pubsub
+        event_send, event_recv = trio.open_memory_channel[tuple[str, Any]](self.config.inbound_buffer)
+        self._event_send = event_send
+        listening = True
+        try:
+            async with host.run(listen_addrs=[self._listen_maddr]), trio.open_nursery() as nursery:
+                # py-libp2p only logs a failed listen (port in use, bad address) and runs on;
+                # leave the host's nurseries first so the error is raised plainly, not grouped.
+                listening = bool(host.get_transport_addrs())
+                if listening:
+                    nursery.start_soon(host.get_peerstore().start_cleanup_task, 60)
+                    await self._serve(host, pubsub, gossipsub, event_recv, task_status)
+        finally:
+            self._up = False
+            self._event_send = None
+            event_send.close()
+        if not listening:
+            raise GossipError(
+                f"could not listen on {self._listen_maddr} (address in use? see the libp2p log)"
+            )
+
+    async def _serve(
+        self,
+        host: IHost,
+        pubsub: Pubsub,
+        gossipsub: GossipSub,
+        event_recv: trio.MemoryReceiveChannel[tuple[str, Any]],
+        task_status: trio.TaskStatus[None],
+    ) -> None:
+        async with background_trio_service(pubsub), background_trio_service(gossipsub):
+            await pubsub.wait_until_ready()
+            records = await pubsub.subscribe(self.topic)
+            hellos = await pubsub.subscribe(HELLO_TOPIC)
+            async with trio.open_nursery() as inner:
+                inner.start_soon(self._drain, records, "msg")
+                inner.start_soon(self._drain, hellos, "hello")
+                inner.start_soon(self._dispatch, event_recv, inner)
+                inner.start_soon(self._hello_loop)
+                for addr in self._bootstrap:
+                    inner.start_soon(self._keep_connected, addr)
+                self._up = True
+                logger.info("gossip node %s listening on %s", self.peer_id, self.listen_addrs)
+                task_status.started()
+                await trio.sleep_forever()
+
+    # ---- publishing -----------------------------------------------------------------------
+
+    @staticmethod
+    def _check_size(data: bytes, overhead: int = 0) -> None:
+        if len(data) + overhead > MAX_PAYLOAD_BYTES:
+            raise PayloadTooLarge(
+                f"payload of {len(data)} bytes exceeds the gossip limit of {MAX_PAYLOAD_BYTES - overhead} bytes "
+                f"(pubsub RPCs are capped at {MAX_RPC_BYTES}); send bulk data over gRPC"
+            )
+
+    def _require_up(self) -> Pubsub:
+        if not self._up or self._pubsub is None:
+            raise GossipError("gossip node is not running")
+        return self._pubsub
+
+    async def publish(self, data: bytes) -> None:
+        """Publish ``data`` on the records topic.
+
+        Safe for bursts: publishes are serialised, paced at ``publish_rate`` and wait for room in
+        the per-peer outbound queues, so none is dropped by our own node.  Raises
+        ``PayloadTooLarge`` above ``MAX_PAYLOAD_BYTES`` and ``GossipError`` if not running.
+        """
+        await self._publish(self.topic, data)
+
+    async def _publish(self, topic: str, data: bytes) -> None:
+        self._check_size(data)
+        pubsub = self._require_up()
+        async with self._publish_lock:
+            await self._pace()
+            await self._wait_for_queue_room(pubsub)
+            await pubsub.publish(topic, data)
+            self.stats["published"] += 1
+
+    async def _pace(self) -> None:
+        # Sliding one-second window, the same shape as GossipSub's receive-side check.
+        rate = self.config.publish_rate
+        window = max(1, math.floor(rate))
+        now = time.monotonic()
+        while self._publish_times and self._publish_times[0] <= now - 1.0:
+            self._publish_times.popleft()
+        if len(self._publish_times) >= window:
+            await trio.sleep(self._publish_times[0] + 1.0 - now)
+        self._publish_times.append(time.monotonic())
+
+    async def _wait_for_queue_room(self, pubsub: Pubsub) -> None:
+        high = self.config.publish_queue_high_water
+        with trio.move_on_after(self.config.publish_backpressure_timeout):
+            while any(len(q) >= high for q in list(pubsub.peer_queues.values())):
+                await trio.sleep(0.001)
+        await trio.lowlevel.checkpoint()
+
+    async def connect(self, addr: str, *, timeout: float = 10.0) -> str:
+        """Dial a peer by its full multiaddr (``.../p2p/<peer id>``); returns its peer id.
+
+        Raises ``GossipError`` on a malformed address, a failed dial or after ``timeout`` s.
+        """
+        if self._host is None or not self._up:
+            raise GossipError("gossip node is not running")
+        try:
+            info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+        except Exception as exc:
+            raise GossipError(f"bad peer multiaddr {addr!r}: {exc}") from exc
+        if info.peer_id == self._peer_id:
+            raise GossipError("refusing to dial ourselves")
+        self._unblock(info.peer_id)
+        try:
+            with trio.fail_after(timeout):
+                await self._host.connect(info)
+        except Exception as exc:  # SwarmException, OSError, TooSlowError, ...
+            raise GossipError(f"could not connect to {addr}: {exc!r}") from exc
+        return _peer_str(info.peer_id)
+
+    def _unblock(self, peer_id: ID) -> None:
+        # The swarm refuses to redial a peer for 60 s once all its addresses failed (a "negative
+        # cache"), so a bootstrap peer that starts a moment after us would stay unreachable for a
+        # minute; our own backoff decides when to retry, so lift that block before each dial.
+        assert self._host is not None
+        unblock = getattr(self._host.get_network(), "unblock_peer", None)
+        if unblock is not None:
+            unblock(peer_id)
+
+    # ---- background tasks -----------------------------------------------------------------
+
+    async def _keep_connected(self, addr: str) -> None:
+        """Dial a bootstrap peer until it answers, and re-dial it whenever the link drops."""
+        assert self._host is not None
+        info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+        if info.peer_id == self._peer_id:
+            return
+        c = self.config
+        delay = c.bootstrap_backoff_initial
+        while True:
+            if self._host.get_network().get_connections(info.peer_id):
+                delay = c.bootstrap_backoff_initial
+                await trio.sleep(c.bootstrap_check_interval)
+                continue
+            self._unblock(info.peer_id)
+            try:
+                with trio.fail_after(max(10.0, c.bootstrap_backoff_max)):
+                    await self._host.connect(info)
+                logger.info("connected to bootstrap peer %s", addr)
+                continue
+            except Exception as exc:  # not up yet, refused, timed out: retry, never crash
+                logger.debug("bootstrap dial %s failed (%s); retry in %.1fs", addr, exc, delay)
+            await trio.sleep(delay * random.uniform(0.8, 1.2))
+            delay = min(delay * 2, c.bootstrap_backoff_max)
+
+    async def _drain(self, sub: ISubscriptionAPI, kind: str) -> None:
+        # Empty libp2p's 32-slot subscription channel at once; the callbacks run elsewhere.
+        me = self._peer_id.to_bytes()
+        while True:
+            msg: rpc_pb2.Message = await sub.get()
+            if msg.from_id == me:
+                continue  # our own publish, looped back by Pubsub.push_msg
+            self._enqueue((kind, msg))
+
+    def _enqueue(self, event: tuple[str, Any]) -> None:
+        if self._event_send is None:
+            return
+        try:
+            self._event_send.send_nowait(event)
+        except trio.WouldBlock:
+            self.stats["dropped_inbound"] += 1
+            logger.warning("inbound gossip buffer full; dropped a %s event", event[0])
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+
+    def _on_conn_event(self, conn: INetConn, *, up: bool) -> None:
+        peer_id = getattr(conn.muxed_conn, "peer_id", None)
+        if peer_id is None:
+            return
+        key = _peer_str(peer_id)
+        conns = self._conns.setdefault(key, set())
+        if up:
+            first = not conns
+            conns.add(id(conn))
+            if first:
+                self._enqueue(("peer", (peer_id, conn)))
+        else:
+            conns.discard(id(conn))
+            if not conns:
+                del self._conns[key]
+
+    async def _dispatch(
+        self, events: trio.MemoryReceiveChannel[tuple[str, Any]], nursery: trio.Nursery
+    ) -> None:
+        async for kind, payload in events:
+            try:
+                if kind == "msg":
+                    self.stats["received"] += 1
+                    if self._on_message is not None:
+                        await self._on_message(payload.data, _peer_str(ID(payload.from_id)))
+                elif kind == "hello":
+                    await self._handle_hello(payload)
+                elif kind == "peer":
+                    peer_id, conn = payload
+                    nursery.start_soon(self._greet, peer_id)
+                    if self._on_peer_connected is not None:
+                        await self._on_peer_connected(_peer_str(peer_id), self._peer_addrs(peer_id, conn))
+            except Exception:
+                # A failing callback must not take the node down; the agent logs its own errors.
+                self.stats["callback_errors"] += 1
+                logger.exception("gossip %s callback failed", kind)
+
+    def _peer_addrs(self, peer_id: ID, conn: INetConn) -> list[str]:
+        addrs: list[str] = []
+        try:
+            addrs.extend(str(a) for a in conn.get_transport_addresses())
+        except Exception:
+            pass
+        if self._host is not None:
+            try:
+                addrs.extend(str(a) for a in self._host.get_peerstore().addrs(peer_id))
+            except Exception:
+                pass  # PeerStoreError: an inbound peer we hold no addresses for yet
+        return list(dict.fromkeys(addrs))
+
+    async def _handle_hello(self, msg: rpc_pb2.Message) -> None:
+        sender = _peer_str(ID(msg.from_id))
+        self.stats["hellos_received"] += 1
+        data = bytes(msg.data)
+        head = len(HELLO_MAGIC) + _BOOT_ID_LEN
+        if not data.startswith(HELLO_MAGIC) or len(data) < head:
+            self.stats["hellos_malformed"] += 1
+            return
+        boot, blob = data[len(HELLO_MAGIC) : head], data[head:]
+        new_boot = self._hello_boots.get(sender) != boot
+        if not new_boot and self._hellos.get(sender) == blob:
+            return
+        self._hellos[sender] = blob
+        self._hello_boots[sender] = boot
+        if new_boot:
+            self._hello_wanted.set()  # greet the newcomer (or restarted peer): it lacks our hello
+        if self._on_hello is not None:
+            await self._on_hello(blob, sender)
+
+    async def _greet(self, peer_id: ID) -> None:
+        # Say hello once the new neighbour has subscribed to the hello topic, so it gets it.
+        assert self._pubsub is not None
+        with trio.move_on_after(10.0):
+            try:
+                await self._pubsub.wait_for_subscription(peer_id, HELLO_TOPIC, timeout=10.0)
+            except trio.TooSlowError:
+                return
+            self._hello_wanted.set()
+
+    async def _hello_loop(self) -> None:
+        c = self.config
+        while True:
+            with trio.move_on_after(c.hello_interval):
+                await self._hello_wanted.wait()
+            self._hello_wanted = trio.Event()
+            if self._announce is not None:
+                try:
+                    await self._publish(HELLO_TOPIC, HELLO_MAGIC + self._boot_id + self._announce)
+                except Exception:
+                    logger.exception("hello publish failed")
+            await trio.sleep(c.hello_min_gap)

@@ -1,0 +1,29 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable
+from typing import ClassVar as _ClassVar, Optional as _Optional
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Envelope(_message.Message):
+    __slots__ = ("data",)
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+
+class SyncRequest(_message.Message):
+    __slots__ = ("have_ids",)
+    HAVE_IDS_FIELD_NUMBER: _ClassVar[int]
+    have_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, have_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class PushReply(_message.Message):
+    __slots__ = ("accepted", "record_id", "reason")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    accepted: bool
+    record_id: str
+    reason: str
+    def __init__(self, accepted: _Optional[bool] = ..., record_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...

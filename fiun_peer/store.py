@@ -1,0 +1,275 @@
+"""The peer's durable state: SQLite for records, counters and agent state; files for blobs.
+
+Layout under ``home``: ``store.sqlite`` (WAL, synchronous=FULL: a committed write survives a crash)
+and ``blobs/<2 hex>/<sha256>`` (content-addressed, written atomically). One connection guarded by a
+re-entrant lock makes the store safe to share between the trio loop, gRPC handler threads and torch
+workers; :meth:`Store.transaction` groups several writes into one atomic step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from fiun_peer.records import Record, is_digest, parse_record, record_id_of
+
+DB_FILE = "store.sqlite"
+BLOB_DIR = "blobs"
+_COPY_CHUNK = 1 << 20
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    seq            INTEGER PRIMARY KEY AUTOINCREMENT,  -- arrival order
+    record_id      TEXT NOT NULL UNIQUE,
+    kind           TEXT NOT NULL,
+    predicate_type TEXT NOT NULL,
+    subject_name   TEXT NOT NULL,
+    subject_digest TEXT NOT NULL,
+    signer         TEXT NOT NULL,
+    envelope       BLOB NOT NULL,
+    received_at    REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS records_kind ON records (kind, seq);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes, *, mode: int = 0o600) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one, whole."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fchmod(fh.fileno(), mode)
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)  # make the rename itself durable
+
+
+class Store:
+    """Records, counters, key/value state and content-addressed blobs of one peer."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = Path(home)
+        self.blob_root = self.home / BLOB_DIR
+        self.blob_root.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._depth = 0
+        # Parsed-record cache: record content is immutable (id = hash), so entries never go stale.
+        self._parsed: dict[str, Record] = {}
+        self._db = sqlite3.connect(self.home / DB_FILE, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA busy_timeout=10000")
+        with self.transaction():
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                self._db.execute(statement)
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One atomic write step; nests (inner blocks join the outer transaction)."""
+        with self._lock:
+            outer = self._depth == 0
+            if outer:
+                self._db.execute("BEGIN IMMEDIATE")
+            self._depth += 1
+            try:
+                yield
+            except BaseException:
+                self._depth -= 1
+                if outer:
+                    self._db.execute("ROLLBACK")
+                raise
+            self._depth -= 1
+            if outer:
+                self._db.execute("COMMIT")
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    # -- records --------------------------------------------------------------------------------------
+
+    def add_record(self, record: Record) -> bool:
+        """Store a verified record; False when a record with that id is already held."""
+        if record.record_id != record_id_of(record.envelope):
+            raise ValueError("record_id does not match the envelope bytes")
+        with self.transaction():
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO records (record_id, kind, predicate_type, subject_name,"
+                " subject_digest, signer, envelope, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (record.record_id, record.kind, record.predicate_type, record.subject_name,
+                 record.subject_digest, record.signer, record.envelope, time.time()))
+            return cur.rowcount == 1
+
+    def _to_record(self, record_id: str, envelope: bytes) -> Record:
+        cached = self._parsed.get(record_id)
+        if cached is None:
+            # Re-verify what comes off disk; the limit is the size it was accepted at.
+            cached = parse_record(bytes(envelope), max_bytes=len(envelope))
+            self._parsed[record_id] = cached
+        return cached
+
+    def get_record(self, record_id: str) -> Record | None:
+        rows = self._query("SELECT record_id, envelope FROM records WHERE record_id = ?", (record_id,))
+        return self._to_record(*rows[0]) if rows else None
+
+    def has_record(self, record_id: str) -> bool:
+        return bool(self._query("SELECT 1 FROM records WHERE record_id = ?", (record_id,)))
+
+    def record_ids(self) -> set[str]:
+        return {row[0] for row in self._query("SELECT record_id FROM records")}
+
+    def record_count(self, kind: str | None = None) -> int:
+        if kind is None:
+            return self._query("SELECT COUNT(*) FROM records")[0][0]
+        return self._query("SELECT COUNT(*) FROM records WHERE kind = ?", (kind,))[0][0]
+
+    def records(self, kind: str | None = None) -> list[Record]:
+        """Records in arrival order, optionally of one kind (lineage, request, announcement, receipt)."""
+        if kind is None:
+            rows = self._query("SELECT record_id, envelope FROM records ORDER BY seq")
+        else:
+            rows = self._query("SELECT record_id, envelope FROM records WHERE kind = ? ORDER BY seq",
+                               (kind,))
+        return [self._to_record(rid, env) for rid, env in rows]
+
+    # -- counters -------------------------------------------------------------------------------------
+
+    def incr(self, name: str, by: int = 1) -> int:
+        """Add ``by`` to a persistent counter; returns the new value."""
+        with self.transaction():
+            self._db.execute("INSERT INTO counters (name, value) VALUES (?, ?) "
+                             "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value", (name, by))
+            return self._db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()[0]
+
+    def counters(self) -> dict[str, int]:
+        return dict(self._query("SELECT name, value FROM counters ORDER BY name"))
+
+    # -- agent state ----------------------------------------------------------------------------------
+
+    def put_state(self, key: str, value: dict[str, Any]) -> None:
+        if not isinstance(value, dict):
+            raise TypeError("state values are dicts")
+        text = json.dumps(value, sort_keys=True, allow_nan=False)
+        with self.transaction():
+            self._db.execute("INSERT INTO state (key, value) VALUES (?, ?) "
+                             "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, text))
+
+    def get_state(self, key: str) -> dict[str, Any] | None:
+        rows = self._query("SELECT value FROM state WHERE key = ?", (key,))
+        return json.loads(rows[0][0]) if rows else None
+
+    def delete_state(self, key: str) -> bool:
+        with self.transaction():
+            return self._db.execute("DELETE FROM state WHERE key = ?", (key,)).rowcount == 1
+
+    def states(self, prefix: str = "") -> dict[str, dict[str, Any]]:
+        """All state entries whose key starts with ``prefix``, by key."""
+        rows = self._query("SELECT key, value FROM state WHERE substr(key, 1, ?) = ? ORDER BY key",
+                           (len(prefix), prefix))
+        return {key: json.loads(value) for key, value in rows}
+
+    # -- blobs ----------------------------------------------------------------------------------------
+
+    def blob_path(self, digest: str) -> Path:
+        """Where the blob with ``digest`` lives (whether or not it exists)."""
+        if not is_digest(digest):
+            # Also what keeps a hostile "digest" from naming a path outside blobs/.
+            raise ValueError(f"not a lowercase hex sha256 digest: {digest!r}")
+        return self.blob_root / digest[:2] / digest
+
+    def has_blob(self, digest: str) -> bool:
+        return self.blob_path(digest).is_file()
+
+    def blob_size(self, digest: str) -> int | None:
+        try:
+            return self.blob_path(digest).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def get_blob(self, digest: str) -> bytes | None:
+        """The blob's bytes as stored (not re-hashed: see :meth:`verify_blob`), or None."""
+        try:
+            return self.blob_path(digest).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def open_blob(self, digest: str) -> BinaryIO:
+        """A binary file object for chunked reads; raises FileNotFoundError when absent."""
+        return open(self.blob_path(digest), "rb")
+
+    def verify_blob(self, digest: str) -> bool:
+        """True when the blob exists and its bytes hash to ``digest``."""
+        try:
+            with self.open_blob(digest) as fh:
+                return hashlib.file_digest(fh, "sha256").hexdigest() == digest
+        except FileNotFoundError:
+            return False
+
+    def put_blob(self, data: bytes) -> str:
+        """Store ``data`` content-addressed; returns its sha256 hex. Idempotent."""
+        digest = hashlib.sha256(data).hexdigest()
+        if not self.verify_blob(digest):  # rewrites a damaged copy instead of trusting it
+            write_atomic(self.blob_path(digest), data)
+        return digest
+
+    def put_blob_file(self, source: Path) -> str:
+        """Streaming :meth:`put_blob` for a file too large to hold in memory."""
+        directory = self.blob_root / "incoming"
+        directory.mkdir(exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+        hasher = hashlib.sha256()
+        try:
+            with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+                while chunk := src.read(_COPY_CHUNK):
+                    hasher.update(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            digest = hasher.hexdigest()
+            if self.verify_blob(digest):
+                return digest
+            target = self.blob_path(digest)
+            target.parent.mkdir(exist_ok=True)
+            os.replace(tmp, target)  # same filesystem (under blobs/), so the rename is atomic
+            _fsync_dir(target.parent)
+            return digest
+        finally:
+            Path(tmp).unlink(missing_ok=True)

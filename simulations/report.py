@@ -1,0 +1,81 @@
+"""Paper-style tables (Tables 1-5) and the JSON writer for a centralized or network run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _f(v: float | None, width: int = 6) -> str:
+    return f"{'n/a':>{width}}" if v is None else f"{v:>{width}.2f}"
+
+
+def json_ready(result: dict) -> dict:
+    """The result without in-process objects (keys starting with '_')."""
+    return {k: v for k, v in result.items() if not k.startswith("_")}
+
+
+def write_json(result: dict, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(json_ready(result), indent=2, sort_keys=True) + "\n")
+
+
+def format_table(result: dict) -> str:
+    cfg = result["config"]
+    s = cfg["settings"]
+    topo = cfg.get("topology_file") or cfg.get("framework")
+    lines = [
+        f"FIUn on {cfg['dataset']} / {cfg['model']} / {topo}: forget labels {cfg['forget']} "
+        f"(seed {cfg['seed']}; estimator={s['estimator']} tau={s['tau']} gamma={s['gamma']} eta={s['eta']} "
+        f"normalize={s['normalize']} per_label={s['per_label']})",
+        "Accuracy in % on each model's training data (AD_r: retained labels, AD_f: forgotten), "
+        "test-set AD in brackets; MIA % of forget samples called members (lower is better).",
+        "",
+        f"{'model':<6} {'role':<9} | {'original':^23} | {'re-training':^23} | {'FIUn':^23} | "
+        f"{'MIA orig/retr/FIUn':^20} | {'cum. time (s) retrain / FIUn':^28}",
+        f"{'':<6} {'':<9} | {'AD_r':>6} {'AD_f':>6} {'test_r':>9} | {'AD_r':>6} {'AD_f':>6} {'test_r':>9} | "
+        f"{'AD_r':>6} {'AD_f':>6} {'test_r':>9} | {'':^20} |",
+        "-" * 150,
+    ]
+    for n in result["nodes"]:
+        o, r, f = n["original"], n["retrain"], n["fiun"]
+        role = "discovery" if n.get("discovery") else "inherited"
+        lines.append(
+            f"{n['id']:<6} {role:<9} | {_f(o['ad_r'])} {_f(o['ad_f'])} ({_f(o['test_ad_r'])}) | "
+            f"{_f(r['ad_r'])} {_f(r['ad_f'])} ({_f(r['test_ad_r'])}) | "
+            f"{_f(f['ad_r'])} {_f(f['ad_f'])} ({_f(f['test_ad_r'])}) | "
+            f"{_f(o['mia'], 5)} {_f(r['mia'], 5)} {_f(f['mia'], 5)}  | "
+            f"{n['retrain_cumulative_seconds']:>10.3f} / {n['fiun_cumulative_seconds']:.4f}")
+    lines += ["", f"total unlearning time: re-training {result['retrain_seconds']:.3f} s, "
+                  f"FIUn {result['fiun_seconds']:.4f} s  ->  FIUn is {result['speedup']:.0f}x faster"]
+    if "baselines" in result:
+        lines += ["", f"{'method':<16} {'mean Δacc':>10} {'time (s)':>10} {'FIUn speed-up':>14}"]
+        fiun_delta = _mean_delta(result["nodes"], "fiun")
+        retr_delta = _mean_delta(result["nodes"], "retrain")
+        lines.append(f"{'FIUn':<16} {fiun_delta:>10.3f} {result['fiun_seconds']:>10.4f} {'1x':>14}")
+        lines.append(f"{'re-training':<16} {retr_delta:>10.3f} {result['retrain_seconds']:>10.3f} "
+                     f"{result['speedup']:>13.0f}x")
+        for name, b in result["baselines"].items():
+            d = "n/a" if b["delta_acc"] is None else f"{b['delta_acc']:.3f}"
+            lines.append(f"{name:<16} {d:>10} {b['seconds']:>10.3f} {b['fiun_speedup']:>13.0f}x")
+    return "\n".join(lines)
+
+
+def _mean_delta(nodes: list[dict], key: str) -> float:
+    ds = [(n[key]["ad_r"] - (n[key]["ad_f"] or 0.0)) / 100.0 for n in nodes if n[key]["ad_r"] is not None]
+    return sum(ds) / len(ds) if ds else float("nan")
+
+
+def quality(result: dict, *, single_label: bool | None = None) -> dict:
+    """The issue's quality bar per node: single label AD_f <= 1% and AD_r >= 95% of original;
+    multi-label AD_f <= 2% and AD_r >= 85% of original."""
+    if single_label is None:
+        single_label = len(result["config"]["forget"]) == 1
+    max_f, min_ratio = (1.0, 0.95) if single_label else (2.0, 0.85)
+    per_node = {}
+    for n in result["nodes"]:
+        o, f = n["original"], n["fiun"]
+        ratio = f["ad_r"] / o["ad_r"] if o["ad_r"] else None
+        ok = (f["ad_f"] is None or f["ad_f"] <= max_f) and (ratio is None or ratio >= min_ratio)
+        per_node[n["id"]] = {"ad_f": f["ad_f"], "ad_r_ratio": ratio, "ok": ok}
+    return {"ok": all(v["ok"] for v in per_node.values()), "max_ad_f": max_f, "min_ad_r_ratio": min_ratio,
+            "nodes": per_node}

@@ -1,0 +1,166 @@
+"""Topologies of the paper's Fig. 6 (FL, DDPL, IL, TL) and any DAG from a JSON file.
+
+A topology is a list of nodes in parents-first order. Each node owns a disjoint slice of the
+training set: ``share`` of the samples of each label in ``labels``. JSON format::
+
+    {"nodes": [
+      {"id": "g", "parents": [], "labels": [0,1,2,3,4,5], "share": 0.4, "epochs": 30},
+      {"id": "a", "parents": ["g"], "relation": "incremental", "labels": [0,1,2,3,4,5,6,7],
+       "share": 0.3, "epochs": 10}
+    ]}
+
+``relation`` is one of aggregate, finetune, incremental, distill, transfer (ignored for roots);
+``epochs`` may be 0 (e.g. a pure FedAvg aggregator, whose data then only serves its model Fisher).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fiun_peer.core.umig import RELATIONS, UMIG
+
+FRAMEWORKS = ("fl", "ddpl", "il", "tl")
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    id: str
+    parents: tuple[str, ...] = ()
+    relation: str | None = None
+    labels: tuple[int, ...] = ()
+    share: float = 0.1
+    epochs: int = 10
+    reported: bool = field(default=True, compare=False)
+
+
+class TopologyError(ValueError):
+    pass
+
+
+def _validate(nodes: list[NodeSpec], num_classes: int) -> list[NodeSpec]:
+    seen: set[str] = set()
+    for n in nodes:
+        if not n.id or n.id in seen:
+            raise TopologyError(f"node ids must be unique and non-empty (bad: {n.id!r})")
+        for p in n.parents:
+            if p not in seen:
+                raise TopologyError(f"node {n.id!r}: parent {p!r} must appear earlier in the list")
+        if n.parents and n.relation not in RELATIONS:
+            raise TopologyError(f"node {n.id!r}: relation {n.relation!r} not one of {', '.join(RELATIONS)}")
+        if not n.labels:
+            raise TopologyError(f"node {n.id!r}: needs a non-empty label set (its own data)")
+        if any(c < 0 or c >= num_classes for c in n.labels):
+            raise TopologyError(f"node {n.id!r}: labels must lie in [0, {num_classes})")
+        if not 0 < n.share <= 1:
+            raise TopologyError(f"node {n.id!r}: share must be in (0, 1]")
+        if n.epochs < 0:
+            raise TopologyError(f"node {n.id!r}: epochs must be >= 0")
+        seen.add(n.id)
+    return nodes
+
+
+def builtin(framework: str, num_classes: int = 10) -> list[NodeSpec]:
+    """The four frameworks, scaled to digits (10 classes); ``reported`` marks w_g, w_a, w_b."""
+    all_labels = tuple(range(num_classes))
+    k = num_classes
+    if framework == "fl":
+        # Fig. 6a: 5 clients -> global w_g (FedAvg) -> next rounds w_a -> w_b.
+        clients = [NodeSpec(f"c{i}", labels=all_labels, share=0.16, epochs=40, reported=False)
+                   for i in range(1, 6)]
+        return _validate(clients + [
+            NodeSpec("g", tuple(c.id for c in clients), "aggregate", all_labels, share=0.05, epochs=0),
+            NodeSpec("a", ("g",), "finetune", all_labels, share=0.075, epochs=20),
+            NodeSpec("b", ("a",), "finetune", all_labels, share=0.075, epochs=20),
+        ], k)
+    if framework == "ddpl":
+        # Fig. 6b: w_g split into 3 parallel sub-tasks, aggregated into w_a, next iteration w_b.
+        subs = [NodeSpec(f"s{i}", ("g",), "finetune", all_labels, share=0.2, epochs=20, reported=False)
+                for i in range(1, 4)]
+        return _validate([NodeSpec("g", (), None, all_labels, share=0.2, epochs=40)] + subs + [
+            NodeSpec("a", tuple(s.id for s in subs), "aggregate", all_labels, share=0.1, epochs=0),
+            NodeSpec("b", ("a",), "finetune", all_labels, share=0.1, epochs=20),
+        ], k)
+    if framework == "il":
+        # Fig. 6c: a chain; each step adds new data and two new classes (paper: 0-90, +2, +2).
+        return _validate([
+            NodeSpec("g", (), None, tuple(range(k - 4)), share=0.4, epochs=40),
+            NodeSpec("a", ("g",), "incremental", tuple(range(k - 2)), share=0.3, epochs=20),
+            NodeSpec("b", ("a",), "incremental", all_labels, share=0.3, epochs=20),
+        ], k)
+    if framework == "tl":
+        # Pre-train w_g, then transfer (head fine-tuned, backbone frozen) to two children on new tasks.
+        return _validate([
+            NodeSpec("g", (), None, tuple(range(k - 3)), share=0.5, epochs=40),
+            NodeSpec("a", ("g",), "transfer", tuple(range(k - 1)), share=0.25, epochs=20),
+            NodeSpec("b", ("g",), "transfer", all_labels, share=0.25, epochs=20),
+        ], k)
+    raise TopologyError(f"unknown framework {framework!r}; expected one of {', '.join(FRAMEWORKS)}")
+
+
+def chain(depth: int, num_classes: int = 10, epochs: int = 5) -> list[NodeSpec]:
+    """A fine-tuning chain of ``depth`` + 1 models (for the Hyper-Distance experiment)."""
+    share = 1.0 / (depth + 1)
+    labels = tuple(range(num_classes))
+    nodes = [NodeSpec("n0", (), None, labels, share=share, epochs=max(epochs, 10))]
+    nodes += [NodeSpec(f"n{i}", (f"n{i - 1}",), "finetune", labels, share=share, epochs=epochs)
+              for i in range(1, depth + 1)]
+    return _validate(nodes, num_classes)
+
+
+def from_json(path: str | Path, num_classes: int) -> list[NodeSpec]:
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise TopologyError(f"cannot read topology {path}: {exc}") from exc
+    raw = doc.get("nodes") if isinstance(doc, dict) else None
+    if not isinstance(raw, list) or not raw:
+        raise TopologyError(f"{path}: expected an object with a non-empty 'nodes' list")
+    nodes = []
+    for i, n in enumerate(raw):
+        if not isinstance(n, dict) or "id" not in n:
+            raise TopologyError(f"{path}: node {i} must be an object with an 'id'")
+        try:
+            nodes.append(NodeSpec(
+                id=str(n["id"]), parents=tuple(str(p) for p in n.get("parents", [])),
+                relation=n.get("relation"), labels=tuple(int(c) for c in n.get("labels", range(num_classes))),
+                share=float(n.get("share", 0.1)), epochs=int(n.get("epochs", 10)),
+                reported=bool(n.get("reported", True))))
+        except (TypeError, ValueError) as exc:
+            raise TopologyError(f"{path}: node {n.get('id')!r}: {exc}") from exc
+    return _validate(nodes, num_classes)
+
+
+def to_umig(nodes: list[NodeSpec]) -> UMIG:
+    g = UMIG()
+    for n in nodes:
+        g.add_model(n.id, n.labels)
+        for p in n.parents:
+            g.add_edge(p, n.id, n.relation or "finetune")
+    return g
+
+
+def assign_data(nodes: list[NodeSpec], y_train, seed: int) -> dict[str, list[int]]:
+    """Disjoint own-data indices per node: ``share`` of each of its labels' samples, drawn in node
+    order from a seeded shuffle. Raises if the shares of a label add up to more than 1."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    y = np.asarray(y_train)
+    pools = {int(c): list(rng.permutation(np.flatnonzero(y == c))) for c in np.unique(y)}
+    sizes = {c: len(p) for c, p in pools.items()}
+    cursor = dict.fromkeys(pools, 0)
+    out: dict[str, list[int]] = {}
+    for n in nodes:
+        idx: list[int] = []
+        for c in n.labels:
+            take = int(n.share * sizes.get(c, 0) + 1e-9)  # floor: shares summing to 1 never overflow
+            if cursor.get(c, 0) + take > sizes.get(c, 0):
+                raise TopologyError(f"label {c}: the nodes' shares add up to more than all its samples")
+            idx += pools[c][cursor[c]:cursor[c] + take]
+            cursor[c] += take
+        if not idx:
+            raise TopologyError(f"node {n.id!r} got no data; raise its share")
+        out[n.id] = sorted(int(i) for i in idx)
+    return out
