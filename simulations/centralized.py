@@ -174,6 +174,12 @@ def run_centralized(cfg: SimConfig, *, show_progress: bool = True) -> dict:
     """The whole experiment; returns the JSON-ready result (see README for the schema)."""
     bar = _progress_bar(show_progress)
     stage = prepare(cfg, progress=bar.step)
+    return run_on_stage(stage, cfg, bar)
+
+
+def run_on_stage(stage: Stage, cfg: SimConfig, bar: _progress_bar | None = None) -> dict:
+    """Algorithm 1, re-training and the baselines for one request on an already trained stage."""
+    bar = bar or _progress_bar(False)
     forget = tuple(sorted(set(cfg.forget)))
     fiun = run_fiun(stage, forget, cfg.settings)
     sub = fiun["subgraph"]

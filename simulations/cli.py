@@ -17,7 +17,8 @@ def parse_labels(text: str) -> tuple[int, ...]:
     try:
         labels = tuple(sorted({int(t) for t in text.split(",") if t.strip()}))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--forget expects comma-separated integers, e.g. 2,9; got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"--forget expects comma-separated integers, e.g. 2,9; got {text!r}") from None
     if not labels or min(labels) < 0:
         raise argparse.ArgumentTypeError("--forget needs at least one non-negative label")
     return labels

@@ -54,8 +54,10 @@ def fisher_from_features(
     """Diagonal Fisher of a Linear head y = W h + b on ``features``, closed form (Eqs. 3/4).
 
     Returns ``{"weight": Tensor[C, D], "bias": Tensor[C]}`` (no "bias" when ``head_bias`` is None).
-    ``temperature`` T evaluates the Fisher of the tempered likelihood softmax(z / T) (T = 1 is the
-    paper's); a large T keeps the residuals of confidently classified samples from vanishing.
+    ``temperature`` T evaluates the residuals of the tempered likelihood softmax(z / T) (T = 1 is the
+    paper's); a large T keeps the residuals of confidently classified samples from vanishing. (The
+    tempered Fisher proper carries a further 1/T² factor, omitted: it is common to every Fisher and
+    cancels in Eq. 6's comparison.)
     """
     if not temperature > 0:
         raise ValueError("temperature must be > 0")

@@ -82,14 +82,13 @@ def dampen(
         if not (w.shape == f.shape == fm.shape):
             raise FisherError(f"shape mismatch for {k!r}: weight {tuple(w.shape)}, model Fisher "
                               f"{tuple(f.shape)}, unlearning Fisher {tuple(fm.shape)}")
-        # One fused test: a NaN or Inf in any of the three makes the sum non-finite.
+        # One fused test in the common case: a NaN or Inf in any of the three makes the sum
+        # non-finite. Only then look at each (the sum of huge finite values may overflow harmlessly).
         if not bool(torch.isfinite(w + f.to(w.dtype) + fm.to(w.dtype)).all()):
             for label, t in (("params", w), ("model Fisher", f), ("unlearning Fisher", fm)):
                 _check_finite(f"{label}[{k!r}]", t)
-            raise FisherError(f"{k!r}: values too large to compare (overflow)")
-        if (f < 0).any() or (fm < 0).any():
-            # A negative F would select an entry with F̂ᴹ = 0 and divide by zero below.
-            raise FisherError(f"negative Fisher entries for {k!r}; a diagonal Fisher is >= 0")
+        if f.numel() and bool(torch.minimum(f.min(), fm.min()) < 0):
+            raise FisherError(f"{k!r}: a Fisher has negative entries; a diagonal Fisher is >= 0")
         f = f.to(w.dtype)
         fm = fm.to(w.dtype)
         selected = fm > gamma * f

@@ -1,0 +1,120 @@
+"""AdminService: the gRPC face of the agent. Handlers run in grpcio pool threads and call into the
+trio-owned agent through the bridge; errors become gRPC statuses with readable messages."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from .agent import Agent, AgentError, NotFound
+from .bridge import TrioBridge
+from .rpc.generated.fiun.v1 import admin_pb2, admin_pb2_grpc
+
+log = logging.getLogger("fiun_peer.admin")
+
+
+def _guard(fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    def wrapper(self: AdminServicer, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return fn(self, request, context)
+        except AgentError as exc:
+            self._count("admin_invalid_argument")
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except NotFound as exc:
+            context.abort(grpc.StatusCode.NOT_FOUND, str(exc.args[0] if exc.args else exc))
+        except grpc.RpcError:
+            raise
+        except Exception as exc:  # never crash the server; say what went wrong
+            log.exception("admin call failed", extra={"event": "admin_error", "rpc": fn.__name__})
+            context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+    return wrapper
+
+
+class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+    def __init__(self, agent: Agent, bridge: TrioBridge, status: Callable[[], dict[str, Any]]) -> None:
+        self._agent, self._bridge, self._status = agent, bridge, status
+
+    def _count(self, name: str) -> None:
+        self._bridge.call_sync(self._agent.store.incr, name)
+
+    @_guard
+    def Status(self, request, context):
+        s = self._bridge.call_sync(self._status)
+        return admin_pb2.StatusReply(**s)
+
+    @_guard
+    def PublishModel(self, request, context):
+        try:
+            arch = json.loads(request.architecture_json or "null")
+        except json.JSONDecodeError as exc:
+            raise AgentError(f"architecture_json is not JSON: {exc}") from exc
+        if not isinstance(arch, dict):
+            raise AgentError('architecture_json must be an object like {"model":"mlp","in_shape":[1,8,8],'
+                             '"num_classes":10}')
+        if not request.weights or not request.data:
+            raise AgentError("weights and data (safetensors bytes) are both required")
+        call = functools.partial(self._agent.publish_model, model_id=request.model_id, weights=request.weights,
+                                 data=request.data, parents=[(p.model_id, p.relation) for p in request.parents],
+                                 labels=list(request.labels), architecture=arch,
+                                 head_tensors=list(request.head_tensors))
+        digest, record_id = self._bridge.call(call)
+        return admin_pb2.PublishModelReply(model_id=request.model_id, model_digest=digest, record_id=record_id)
+
+    @_guard
+    def ListLineage(self, request, context):
+        def collect():
+            v = self._agent.view
+            out = []
+            for m in v.umig.models():
+                latest = v.latest[m].predicate
+                out.append(admin_pb2.LineageEntry(
+                    model_id=m, model_digest=v.digest(m), labels=latest["labels"], owner=v.owner(m) or "",
+                    version=latest["version"],
+                    parents=[admin_pb2.Parent(model_id=p["model_id"], relation=p["relation"])
+                             for p in v.first[m].predicate["parents"]]))
+            return out
+        return admin_pb2.ListLineageReply(models=self._bridge.call_sync(collect))
+
+    @_guard
+    def RequestUnlearning(self, request, context):
+        try:
+            settings = json.loads(request.settings_json) if request.settings_json else None
+        except json.JSONDecodeError as exc:
+            raise AgentError(f"settings_json is not JSON: {exc}") from exc
+        if settings is not None and not isinstance(settings, dict):
+            raise AgentError("settings_json must be a JSON object")
+        call = functools.partial(self._agent.request_unlearning, list(request.forget_labels), settings,
+                                 request.request_id)
+        rid, record_id, affected, discovery = self._bridge.call(call)
+        return admin_pb2.RequestUnlearningReply(request_id=rid, record_id=record_id, affected_models=affected,
+                                                discovery_models=discovery)
+
+    @_guard
+    def GetRequest(self, request, context):
+        if not request.request_id:
+            raise AgentError("request_id is required")
+        req, progress, done = self._bridge.call_sync(self._agent.request_progress, request.request_id)
+        return admin_pb2.GetRequestReply(
+            request_id=request.request_id, forget_labels=req.predicate["forget_labels"], done=done,
+            settings_json=json.dumps(req.predicate["settings"], sort_keys=True),
+            models=[admin_pb2.ModelProgress(**vars(p)) for p in progress])
+
+    @_guard
+    def ListReceipts(self, request, context):
+        def collect():
+            out = []
+            for r in self._agent.store.records("receipt"):
+                p = r.predicate
+                if request.request_id and p["request_id"] != request.request_id:
+                    continue
+                out.append(admin_pb2.Receipt(request_id=p["request_id"], model_id=p["model_id"],
+                                             old_digest=p["old_digest"], new_digest=p["new_digest"],
+                                             signer=r.signer, record_id=r.record_id))
+            return out
+        return admin_pb2.ListReceiptsReply(receipts=self._bridge.call_sync(collect))

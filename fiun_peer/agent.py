@@ -1,0 +1,478 @@
+"""The peer's behaviour: the one owner of peer state, running on the trio loop.
+
+Flow (DESIGN.md): publish -> request -> locate -> discovery Fishers announced -> every affected
+peer pulls, merges, dampens -> receipts. All arithmetic and graph logic is ``fiun_peer.core`` (via
+``fiun_peer.unlearn``); this module only decides *when* to call it and moves bytes.
+
+Work is driven by one idempotent ``reconcile`` pass: it looks at the stored records and this peer's
+own state and advances every (request, own model) pair one step. Any record arriving, a timer, or a
+restart triggers it, so a crash at any point is repaired by simply running it again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import trio
+
+from .bridge import run_in_worker
+from .core.fiun import FIUnSettings
+from .identity import Identity
+from .lineage import LineageView, build_view
+from .models import build_model
+from .records import (
+    Record,
+    RecordError,
+    build_announcement,
+    build_lineage,
+    build_receipt,
+    build_request,
+    is_valid_id,
+    parse_record,
+)
+from .store import Store
+from .tensors import TensorFileError, from_bytes, load_dataset_bytes, to_bytes
+from .unlearn import apply_fiun, head_tensor_names, node_model_fisher, node_unlearning_fisher
+
+log = logging.getLogger("fiun_peer.agent")
+
+
+class AgentError(ValueError):
+    """A caller's mistake (bad argument); the admin API maps it to INVALID_ARGUMENT."""
+
+
+class NotFound(LookupError):
+    pass
+
+
+def settings_key(s: FIUnSettings) -> str:
+    """Which model Fisher (Eq. 4) a setting needs: it depends on the estimator only through these."""
+    return f"{s.estimator}:T{s.temperature:g}:B{s.batch_size}"
+
+
+def settings_from(d: dict[str, Any] | None) -> FIUnSettings:
+    base = FIUnSettings().to_dict()
+    unknown = set(d or {}) - set(base)
+    if unknown:
+        raise AgentError(f"unknown FIUn settings: {', '.join(sorted(unknown))}")
+    try:
+        return FIUnSettings(**{**base, **(d or {})})
+    except (TypeError, ValueError) as exc:
+        raise AgentError(f"invalid FIUn settings: {exc}") from exc
+
+
+@dataclass
+class Progress:
+    model_id: str
+    discovery: bool
+    state: str                     # pending | announced | applied
+    why_pending: str = ""
+    old_digest: str = ""
+    new_digest: str = ""
+    received_at: float = 0.0
+    applied_at: float = 0.0
+    discovery_ancestors: list[str] = field(default_factory=list)
+
+
+def load_model(architecture: dict[str, Any], weights: bytes) -> torch.nn.Module:
+    """Instantiate a zoo model from its architecture spec and safetensors weights (strict)."""
+    try:
+        model = build_model(architecture["model"], tuple(architecture["in_shape"]),
+                            int(architecture["num_classes"]), seed=0)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise AgentError(f"architecture {architecture!r} is not a known model: {exc}") from exc
+    state = from_bytes(weights, what="weights")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise AgentError(f"weights do not fit architecture {architecture.get('model')!r}: {exc}") from exc
+    return model.eval()
+
+
+class Agent:
+    """Owns the store-backed state of one peer. Call its methods on the trio thread only."""
+
+    def __init__(self, identity: Identity, store: Store, *, publish: Callable[[bytes], Any],
+                 fetch_blob: Callable[[str, str], bytes], defaults: FIUnSettings | None = None) -> None:
+        self.identity = identity
+        self.store = store
+        self._publish = publish              # async fn(bytes): gossip the envelope
+        self._fetch_blob = fetch_blob        # blocking fn(grpc target, digest) -> verified bytes
+        self.defaults = defaults or FIUnSettings()
+        self.peers: dict[str, str] = {}      # public key hex -> gRPC address (learned from hellos)
+        self.arrived: dict[str, float] = {}  # record id -> when this peer first stored it
+        self._view: LineageView | None = None
+        self._kick = trio.Event()
+        self._work_lock = trio.Lock()
+
+    # -- records in ---------------------------------------------------------------------------
+    @property
+    def view(self) -> LineageView:
+        if self._view is None:
+            self._view = build_view(self.store.records("lineage"))
+        return self._view
+
+    def ingest(self, envelope: bytes, *, source: str) -> tuple[bool, str, str]:
+        """Verify and store one record. Returns (accepted, record_id, reason). Never raises for bad
+        input: a rejected record is counted by reason and changes nothing stored."""
+        try:
+            rec = parse_record(envelope)
+        except RecordError as exc:
+            self.store.incr(f"rejected_{exc.reason}")
+            log.warning("record rejected", extra={"event": "record_rejected", "reason": exc.reason,
+                                                   "source": source, "detail": exc.message})
+            return False, "", exc.reason
+        if self.store.has_record(rec.record_id):
+            return True, rec.record_id, "duplicate"
+        why = self._authorize(rec)
+        if why:
+            self.store.incr("rejected_unauthorized")
+            log.warning("record rejected", extra={"event": "record_rejected", "reason": "unauthorized",
+                                                   "source": source, "detail": why})
+            return False, rec.record_id, "unauthorized"
+        self.store.add_record(rec)
+        self.store.incr(f"records_{rec.kind}")
+        self.arrived.setdefault(rec.record_id, time.time())
+        if rec.kind == "lineage":
+            self._view = None
+        log.info("record stored", extra={"event": "record_stored", "kind": rec.kind,
+                                         "subject": rec.subject_name, "source": source})
+        self.kick()
+        return True, rec.record_id, "accepted"
+
+    def _authorize(self, rec: Record) -> str:
+        """Who may say what: versions, announcements and receipts only from the model's owner."""
+        p = rec.predicate
+        if rec.kind == "lineage":
+            owner = self.view.owner(p["model_id"])
+            if owner is not None and owner != rec.signer:
+                return f"model {p['model_id']} is owned by another key"
+        elif rec.kind in ("announcement", "receipt"):
+            owner = self.view.owner(p["model_id"])
+            if owner is not None and owner != rec.signer:
+                return f"{rec.kind} for {p['model_id']} not signed by its owner"
+        return ""
+
+    def kick(self) -> None:
+        self._kick.set()
+
+    async def publish_record(self, rec: Record) -> None:
+        self.ingest(rec.envelope, source="local")
+        try:
+            await self._publish(rec.envelope)
+        except Exception as exc:  # gossip is best effort; anti-entropy sync repairs any gap
+            log.warning("gossip publish failed", extra={"event": "publish_failed", "detail": str(exc)})
+
+    # -- admin: publish -----------------------------------------------------------------------
+    async def publish_model(self, *, model_id: str, weights: bytes, data: bytes, parents: list[tuple[str, str]],
+                            labels: list[int], architecture: dict[str, Any],
+                            head_tensors: list[str]) -> tuple[str, str]:
+        """Register a model version: store weights and data, compute F_j (Eq. 4) now, sign and
+        gossip the lineage record. Returns (model digest, record id)."""
+        if not is_valid_id(model_id):
+            raise AgentError(f"model id {model_id!r} must match [A-Za-z0-9][A-Za-z0-9._-]* (max 128)")
+        if self.view.owner(model_id) is not None:
+            raise AgentError(f"model {model_id!r} already exists; unlearning creates new versions itself")
+        parent_refs = []
+        for pid, relation in parents:
+            digest = self.view.digest(pid)
+            if digest is None:
+                raise AgentError(f"unknown parent model {pid!r} (has its lineage reached this peer?)")
+            parent_refs.append({"model_id": pid, "digest": self._original_digest(pid), "relation": relation})
+        model = load_model(architecture, weights)
+        try:
+            x, y = load_dataset_bytes(data)
+        except TensorFileError as exc:
+            raise AgentError(str(exc)) from exc
+        names = head_tensor_names(model)
+        if head_tensors and list(head_tensors) != names:
+            raise AgentError(f"head tensors {head_tensors} are not the model's last Linear layer {names}")
+        present = sorted({int(c) for c in y.tolist()})
+        if labels and not set(present) <= set(labels):
+            raise AgentError(f"data holds labels {present} outside the declared label set {sorted(labels)}")
+        labels = sorted(set(labels) if labels else present)
+        s = self.defaults
+        mf = await run_in_worker(node_model_fisher, model, x, y, s)
+        weights_digest = self.store.put_blob(weights)
+        data_digest = self.store.put_blob(data)
+        mf_digest = self.store.put_blob(to_bytes(mf))
+        rec = build_lineage(self.identity, model_id=model_id, model_digest=weights_digest, version=1,
+                            parents=parent_refs, relation=parents[0][1] if parents else "root",
+                            labels=labels, head_tensors=names, architecture=architecture,
+                            model_fisher_digests={settings_key(s): mf_digest}, data_digest=data_digest)
+        with self.store.transaction():
+            self.store.put_state(f"model:{model_id}", {"digest": weights_digest, "version": 1,
+                                                       "original": weights_digest})
+        await self.publish_record(rec)
+        log.info("model published", extra={"event": "model_published", "model": model_id,
+                                            "digest": weights_digest})
+        return weights_digest, rec.record_id
+
+    def _original_digest(self, model_id: str) -> str:
+        return self.view.first[model_id].subject_digest
+
+    # -- admin: request -----------------------------------------------------------------------
+    async def request_unlearning(self, forget_labels: list[int], settings: dict[str, Any] | None,
+                                 request_id: str = "") -> tuple[str, str, list[str], list[str]]:
+        if not forget_labels or any(c < 0 for c in forget_labels):
+            raise AgentError("forget_labels must be a non-empty list of non-negative labels")
+        s = settings_from(settings)
+        request_id = request_id or uuid.uuid4().hex[:16]
+        if not is_valid_id(request_id):
+            raise AgentError(f"request id {request_id!r} must match [A-Za-z0-9][A-Za-z0-9._-]*")
+        existing = self._request_record(request_id)
+        if existing is not None:  # idempotent by id
+            if existing.predicate["forget_labels"] != sorted(set(forget_labels)):
+                raise AgentError(f"request {request_id} already exists with labels "
+                                 f"{existing.predicate['forget_labels']}")
+            rec = existing
+        else:
+            rec = build_request(self.identity, request_id=request_id, forget_labels=forget_labels,
+                                settings=s.to_dict())
+            await self.publish_record(rec)
+        cf = rec.predicate["forget_labels"]
+        return (request_id, rec.record_id, self.view.umig.unlearning_subgraph(cf),
+                self.view.umig.discovery_nodes(cf))
+
+    def _request_record(self, request_id: str) -> Record | None:
+        for r in self.store.records("request"):
+            if r.predicate["request_id"] == request_id:
+                return r
+        return None
+
+    # -- views --------------------------------------------------------------------------------
+    def _by(self, kind: str, request_id: str) -> dict[str, Record]:
+        """Records of ``kind`` for a request, keyed by model id (first valid one wins)."""
+        out: dict[str, Record] = {}
+        for r in self.store.records(kind):
+            p = r.predicate
+            if p["request_id"] == request_id and p["model_id"] not in out:
+                out[p["model_id"]] = r
+        return out
+
+    def request_progress(self, request_id: str) -> tuple[Record, list[Progress], bool]:
+        req = self._request_record(request_id)
+        if req is None:
+            raise NotFound(f"unknown request {request_id!r}")
+        cf = req.predicate["forget_labels"]
+        g = self.view.umig
+        announced, receipts = self._by("announcement", request_id), self._by("receipt", request_id)
+        discovery = set(g.discovery_nodes(cf))
+        mine = set(self.view.owned_by(self.identity.public_key_hex))
+        out = []
+        for m in g.unlearning_subgraph(cf):
+            anc = g.discovery_ancestors(m, cf)
+            st = self.store.get_state(f"req:{request_id}:{m}") or {}
+            p = Progress(m, m in discovery, "pending", discovery_ancestors=anc,
+                         received_at=st.get("received_at", 0.0), applied_at=st.get("applied_at", 0.0))
+            if m in receipts:
+                r = receipts[m]
+                p.state, p.old_digest, p.new_digest = "applied", r.predicate["old_digest"], r.predicate["new_digest"]
+                p.applied_at = p.applied_at or self.arrived.get(r.record_id, 0.0)
+            else:
+                if m in announced:
+                    p.state = "announced"
+                missing = [d for d in anc if d not in announced]
+                if m in mine and st.get("why"):
+                    p.why_pending = st["why"]
+                elif missing:
+                    p.why_pending = f"waiting for Fisher announcements from {', '.join(missing)}"
+                else:
+                    p.why_pending = f"all Fishers announced; waiting for {m}'s owner to apply and send a receipt"
+            out.append(p)
+        return req, out, all(p.state == "applied" for p in out)
+
+    # -- the reconcile loop -------------------------------------------------------------------
+    async def run(self, *, interval: float = 2.0, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            with trio.move_on_after(interval):
+                await self._kick.wait()
+            self._kick = trio.Event()
+            try:
+                await self.reconcile()
+            except Exception:  # keep serving; the next pass retries
+                log.exception("reconcile failed", extra={"event": "reconcile_failed"})
+
+    async def reconcile(self) -> None:
+        async with self._work_lock:
+            for req in self.store.records("request"):
+                for m in self.view.owned_by(self.identity.public_key_hex):
+                    await self._advance(req, m)
+
+    def _affected(self, req: Record, model_id: str) -> bool:
+        cf = req.predicate["forget_labels"]
+        if model_id not in self.view.umig.unlearning_subgraph(cf):
+            return False
+        if self.view.umig.labels(model_id) & set(cf):
+            return True
+        # An inherited model derived from parents that had *already* applied this request is clean.
+        post = {r.predicate["new_digest"] for r in self._by("receipt", req.predicate["request_id"]).values()}
+        parents = self.view.first[model_id].predicate["parents"]
+        return not all(p["digest"] in post for p in parents)
+
+    async def _advance(self, req: Record, m: str) -> None:
+        rid, cf = req.predicate["request_id"], req.predicate["forget_labels"]
+        key = f"req:{rid}:{m}"
+        st = self.store.get_state(key)
+        if st and st.get("state") == "applied":
+            if not self._has_own("receipt", rid, m):   # crashed before the receipt went out
+                await self._send_receipt(rid, m, st["old"], st["new"], st["version"])
+            return
+        if not self._affected(req, m):
+            return
+        try:
+            s = settings_from(req.predicate["settings"])
+        except AgentError as exc:
+            self._set_why(key, st, f"request has invalid settings: {exc}")
+            return
+        if st is None:
+            model_state = self.store.get_state(f"model:{m}")
+            st = {"state": "pending", "base": model_state["digest"], "received_at": time.time()}
+            self.store.put_state(key, st)
+            log.info("request received", extra={"event": "request_received", "request": rid, "model": m})
+        lineage = self.view.first[m]
+        g = self.view.umig
+        if m in g.discovery_nodes(cf) and not self._has_own("announcement", rid, m):
+            await self._announce(rid, m, cf, st["base"], lineage, s)
+            return
+        announced = self._by("announcement", rid)
+        anc = g.discovery_ancestors(m, cf)
+        missing = [d for d in anc if d not in announced]
+        if missing:
+            self._set_why(key, st, f"waiting for Fisher announcements from {', '.join(missing)}")
+            return
+        fishers = []
+        for d in anc:
+            blob, why = await self._get_fisher(announced[d])
+            if blob is None:
+                self._set_why(key, st, why)
+                return
+            fishers.append(blob)
+        await self._apply(rid, m, st, lineage, fishers, s)
+
+    def _has_own(self, kind: str, rid: str, m: str) -> bool:
+        r = self._by(kind, rid).get(m)
+        return r is not None and r.signer == self.identity.public_key_hex
+
+    def _set_why(self, key: str, st: dict | None, why: str) -> None:
+        st = dict(st or {"state": "pending", "received_at": time.time()})
+        if st.get("why") != why:
+            st["why"] = why
+            self.store.put_state(key, st)
+
+    async def _announce(self, rid: str, m: str, cf: list[int], base: str, lineage: Record,
+                        s: FIUnSettings) -> None:
+        """Discovery node: Eq. 3 on our own forget data, stored content-addressed, announced."""
+        arch = lineage.predicate["architecture"]
+        weights, data = self.store.get_blob(base), self.store.get_blob(lineage.predicate["data_digest"])
+        model = load_model(arch, weights)
+        x, y = load_dataset_bytes(data)
+        t0 = time.perf_counter()
+        fhat = await run_in_worker(node_unlearning_fisher, model, x, y, cf, s)
+        digest = self.store.put_blob(to_bytes(fhat))
+        rec = build_announcement(self.identity, request_id=rid, model_id=m, model_digest=base,
+                                 fisher_digest=digest, shapes={k: list(v.shape) for k, v in fhat.items()},
+                                 estimator=s.estimator, labels=sorted(set(cf) & set(lineage.predicate["labels"])))
+        await self.publish_record(rec)
+        log.info("fisher announced", extra={"event": "fisher_announced", "request": rid, "model": m,
+                                            "digest": digest, "seconds": round(time.perf_counter() - t0, 4)})
+
+    async def _get_fisher(self, ann: Record) -> tuple[dict[str, torch.Tensor] | None, str]:
+        """The announced Fisher, from our store or pulled from any peer that has it (digest verified)."""
+        digest = ann.predicate["fisher_digest"]
+        data = self.store.get_blob(digest) if self.store.has_blob(digest) and self.store.verify_blob(digest) else None
+        errors = []
+        if data is None:
+            targets = [self.peers[ann.signer]] if ann.signer in self.peers else []
+            targets += [t for k, t in sorted(self.peers.items()) if k != ann.signer]
+            if not targets:
+                return None, f"no known peer to fetch Fisher {digest[:12]} of {ann.predicate['model_id']} from"
+            for target in targets:
+                try:
+                    data = await trio.to_thread.run_sync(self._fetch_blob, target, digest)
+                    break
+                except Exception as exc:  # try the next provider
+                    self.store.incr("fisher_fetch_failed")
+                    errors.append(f"{target}: {exc}")
+            if data is None:
+                return None, f"could not fetch Fisher of {ann.predicate['model_id']}: {'; '.join(errors)}"
+            self.store.put_blob(data)
+            self.store.incr("fisher_bytes_pulled", len(data))
+        try:
+            fisher = from_bytes(data, what="Fisher")
+        except TensorFileError as exc:
+            return None, str(exc)
+        shapes = {k: list(v.shape) for k, v in fisher.items()}
+        if shapes != ann.predicate["shapes"]:
+            return None, f"Fisher of {ann.predicate['model_id']} has shapes {shapes}, announced {ann.predicate['shapes']}"
+        return fisher, ""
+
+    async def _model_fisher(self, lineage: Record, base: str, s: FIUnSettings) -> dict[str, torch.Tensor]:
+        """F_j for these settings: the one computed at publish time, or computed now and cached."""
+        digests = lineage.predicate["model_fisher_digests"]
+        cache = self.store.get_state(f"mf:{lineage.predicate['model_id']}") or {}
+        digest = digests.get(settings_key(s)) or cache.get(settings_key(s))
+        if digest and self.store.has_blob(digest):
+            return from_bytes(self.store.get_blob(digest), what="model Fisher")
+        model = load_model(lineage.predicate["architecture"], self.store.get_blob(base))
+        x, y = load_dataset_bytes(self.store.get_blob(lineage.predicate["data_digest"]))
+        mf = await run_in_worker(node_model_fisher, model, x, y, s)
+        cache[settings_key(s)] = self.store.put_blob(to_bytes(mf))
+        self.store.put_state(f"mf:{lineage.predicate['model_id']}", cache)
+        return mf
+
+    async def _apply(self, rid: str, m: str, st: dict, lineage: Record, fishers: list, s: FIUnSettings) -> None:
+        """Eqs. 5-6 on our model, the new version written atomically, then a receipt."""
+        base = st["base"]
+        model = load_model(lineage.predicate["architecture"], self.store.get_blob(base))
+        mf = await self._model_fisher(lineage, base, s)
+        try:
+            new_state = await run_in_worker(apply_fiun, model, mf, fishers, s)
+        except ValueError as exc:  # e.g. a Fisher of the wrong shape or with NaN: model untouched
+            self._set_why(f"req:{rid}:{m}", st, f"cannot apply: {exc}")
+            self.store.incr("apply_failed")
+            return
+        new_digest = self.store.put_blob(to_bytes(new_state))
+        model_state = self.store.get_state(f"model:{m}")
+        version = model_state["version"] + 1
+        now = time.time()
+        with self.store.transaction():  # model version and request state move together, or not at all
+            self.store.put_state(f"model:{m}", {**model_state, "digest": new_digest, "version": version})
+            self.store.put_state(f"req:{rid}:{m}", {**st, "state": "applied", "old": base, "new": new_digest,
+                                                    "version": version, "applied_at": now, "why": ""})
+        log.info("unlearning applied", extra={"event": "applied", "request": rid, "model": m,
+                                              "old": base, "new": new_digest})
+        await self._send_receipt(rid, m, base, new_digest, version)
+
+    async def _send_receipt(self, rid: str, m: str, old: str, new: str, version: int) -> None:
+        first = self.view.first[m].predicate
+        receipt = build_receipt(self.identity, request_id=rid, model_id=m, old_digest=old, new_digest=new)
+        lineage = build_lineage(self.identity, model_id=m, model_digest=new, version=version,
+                                parents=first["parents"], relation=first["relation"], labels=first["labels"],
+                                head_tensors=first["head_tensors"], architecture=first["architecture"],
+                                model_fisher_digests=first["model_fisher_digests"],
+                                data_digest=first["data_digest"], previous_digest=old)
+        await self.publish_record(lineage)
+        await self.publish_record(receipt)
+
+    # -- peers --------------------------------------------------------------------------------
+    def learn_peer(self, hello: bytes) -> str | None:
+        """A hello blob: {"grpc": "host:port", "public_key": hex, "name": ...}. Returns the address."""
+        try:
+            info = json.loads(hello)
+            key, addr = str(info["public_key"]), str(info["grpc"])
+        except (ValueError, KeyError, TypeError):
+            self.store.incr("rejected_hello")
+            return None
+        if key == self.identity.public_key_hex:
+            return None
+        self.peers[key] = addr
+        return addr
