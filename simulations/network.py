@@ -1,0 +1,43 @@
+"""Putting a trained topology onto real peers: one model per peer, published over the admin API."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from fiun_peer.rpc.generated.fiun.v1 import admin_pb2
+from fiun_peer.tensors import to_bytes
+
+from .centralized import Stage
+from .peers import Peer
+from .training import own_data
+
+
+def architecture(stage: Stage) -> dict:
+    return {"model": stage.train_cfg.model, "in_shape": list(stage.ds.input_shape),
+            "num_classes": stage.ds.num_classes}
+
+
+def publish_stage(stage: Stage, owners: dict[str, Peer], *, timeout: float = 60.0) -> dict[str, str]:
+    """Publish every model of the stage from its owner, parents first. Before a child is published,
+    waits until its owner has heard (by gossip) of all its parents. Returns model id -> digest."""
+    arch = json.dumps(architecture(stage))
+    digests = {}
+    for spec in stage.nodes:
+        peer = owners[spec.id]
+        deadline = time.monotonic() + timeout
+        while spec.parents:
+            known = {m.model_id for m in peer.admin.ListLineage(admin_pb2.ListLineageRequest(), timeout=10).models}
+            if set(spec.parents) <= known:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{peer.name} has not heard of parents {spec.parents} of {spec.id}")
+            time.sleep(0.1)
+        x, y = own_data(stage.ds, stage.data_idx[spec.id])
+        reply = peer.admin.PublishModel(admin_pb2.PublishModelRequest(
+            model_id=spec.id, weights=to_bytes(stage.models[spec.id].state_dict()),
+            data=to_bytes({"x": x, "y": y}), labels=list(spec.labels), architecture_json=arch,
+            parents=[admin_pb2.Parent(model_id=p, relation=spec.relation or "finetune") for p in spec.parents]),
+            timeout=120)
+        digests[spec.id] = reply.model_digest
+    return digests
