@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("centralized", help="train a topology, run Algorithm 1 in one process, compare with "
                        "re-training and the baselines, print the paper-style table")
     add_experiment_args(c)
+    e = sub.add_parser("export", help="train a topology and write each model's weights and own data as "
+                       "safetensors files, ready for `fiun-peer admin publish`")
+    add_experiment_args(e)
+    e.add_argument("--out", required=True, help="output folder (one sub-folder per model)")
     return p
 
 
@@ -93,6 +97,12 @@ def main(argv: list[str] | None = None) -> int:
             if args.json:
                 write_json(result, args.json)
                 print(f"\nwrote {args.json}")
+            return 0
+        if args.command == "export":
+            from .export import export_stage
+
+            for line in export_stage(cfg, args.out):
+                print(line)
             return 0
     except (ValueError, FileNotFoundError) as exc:
         print(f"fiun-sim: error: {exc}", file=sys.stderr)

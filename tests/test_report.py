@@ -1,0 +1,241 @@
+"""simulations/report.py (table, quality bar, JSON writer) and bench/results_md.py (RESULTS.md) on
+small hand-built result dicts, so every asserted number can be checked by hand."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from simulations.report import format_table, json_ready, quality, write_json
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_results_md():
+    spec = importlib.util.spec_from_file_location("results_md", ROOT / "bench" / "results_md.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["results_md"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+rmd = _load_results_md()
+
+
+def ev(ad_r, ad_f, mia=10.0):
+    return {"ad_r": ad_r, "ad_f": ad_f, "test_ad_r": ad_r, "test_ad_f": ad_f, "mia": mia}
+
+
+def node(nid, orig, retr, fiun, *, discovery=True, rt=1.0, ft=0.001):
+    return {"id": nid, "discovery": discovery, "discovery_ancestors": [nid], "original": ev(*orig),
+            "retrain": ev(*retr), "fiun": ev(*fiun), "retrain_cumulative_seconds": rt,
+            "fiun_cumulative_seconds": ft}
+
+
+def run(framework, model, forget, nodes, *, fiun_s=0.01, retrain_s=2.0, baselines=True):
+    r = {"nodes": nodes, "fiun_seconds": fiun_s, "retrain_seconds": retrain_s, "speedup": retrain_s / fiun_s,
+         "config": {"framework": framework, "topology_file": None, "dataset": "digits", "model": model,
+                    "forget": list(forget), "seed": 0,
+                    "settings": {"estimator": "empirical", "tau": 1.0, "gamma": 3.0, "eta": 0.0,
+                                 "normalize": "none", "per_label": True}}}
+    if baselines:
+        r["baselines"] = {
+            "finetune": {"delta_acc": 0.5, "seconds": 1.0, "fiun_speedup": 1.0 / fiun_s, "nodes": {}},
+            "gradient_ascent": {"delta_acc": 0.2, "seconds": 0.1, "fiun_speedup": 0.1 / fiun_s, "nodes": {}},
+            "distill": {"delta_acc": None, "seconds": 3.0, "fiun_speedup": 3.0 / fiun_s, "nodes": {}},
+        }
+    return r
+
+
+def single_ok():
+    # FIUn means: AD_r 98.0, AD_f 0.5; ratio 98/100 and 96/98 -> mean 97.99 %
+    return run("il", "mlp", (2,), [
+        node("g", (100.0, 100.0), (100.0, 0.0), (98.0, 0.0), rt=0.5, ft=0.002),
+        node("a", (98.0, 100.0), (98.5, 0.0), (98.0, 1.0), discovery=False, rt=1.0, ft=0.003),
+    ], fiun_s=0.005, retrain_s=1.0)  # 200x
+
+
+def multi_fail():
+    # node b: AD_f 3.0 > 2 and AD_r 80/100 = 0.8 < 0.85; FIUn means: AD_r 88.0, AD_f 1.5
+    return run("fl", "cnn", (1, 4, 6, 8), [
+        node("g", (100.0, 100.0), (100.0, 0.0), (96.0, 0.0)),
+        node("b", (100.0, 99.0), (99.0, 0.0), (80.0, 3.0)),
+    ], fiun_s=0.1, retrain_s=5.0)  # 50x
+
+
+def doc(runs, **settings):
+    return {"settings": {"estimator": "empirical", "gamma": 3.0, "center": True, **settings}, "seed": 0,
+            "runs": runs}
+
+
+# ---------------------------------------------------------------- simulations.report
+
+def test_quality_single_label_bounds():
+    q = quality(single_ok())
+    assert q["ok"] and (q["max_ad_f"], q["min_ad_r_ratio"]) == (1.0, 0.95)
+    assert q["nodes"]["a"]["ad_r_ratio"] == pytest.approx(98.0 / 98.0)
+    r = single_ok()
+    r["nodes"][1]["fiun"]["ad_f"] = 1.01  # just over 1 %
+    q = quality(r)
+    assert not q["ok"] and q["nodes"]["g"]["ok"] and not q["nodes"]["a"]["ok"]
+    r = single_ok()
+    r["nodes"][0]["fiun"]["ad_r"] = 94.9  # 94.9 / 100 < 0.95
+    assert not quality(r)["nodes"]["g"]["ok"]
+
+
+def test_quality_multi_label_bounds_and_override():
+    q = quality(multi_fail())
+    assert (q["max_ad_f"], q["min_ad_r_ratio"]) == (2.0, 0.85)
+    assert q["nodes"]["g"]["ok"] and not q["nodes"]["b"]["ok"] and not q["ok"]
+    assert q["nodes"]["b"]["ad_r_ratio"] == pytest.approx(0.8)
+    # the same numbers judged by the single-label bar: g (AD_r 96 %) passes, b still fails
+    q1 = quality(multi_fail(), single_label=True)
+    assert q1["max_ad_f"] == 1.0 and q1["nodes"]["g"]["ok"] and not q1["nodes"]["b"]["ok"]
+
+
+def test_quality_handles_missing_values():
+    r = single_ok()
+    r["nodes"][0]["original"]["ad_r"] = 0.0  # no ratio defined
+    r["nodes"][1]["fiun"]["ad_f"] = None
+    q = quality(r)
+    assert q["nodes"]["g"]["ad_r_ratio"] is None and q["ok"]
+
+
+def test_format_table_rows_totals_and_baselines():
+    r = single_ok()
+    r["nodes"][0]["fiun"]["mia"] = None
+    text = format_table(r)
+    lines = text.splitlines()
+    assert "forget labels [2]" in lines[0] and "seed 0" in lines[0] and "gamma=3.0" in lines[0]
+    g_row = next(ln for ln in lines if ln.startswith("g "))
+    a_row = next(ln for ln in lines if ln.startswith("a "))
+    assert "discovery" in g_row and "inherited" in a_row
+    assert "98.00" in g_row and "n/a" in g_row  # FIUn AD_r, missing MIA
+    assert "0.500 / 0.0020" in g_row
+    assert "FIUn is 200x faster" in text
+    fiun_line = next(ln for ln in lines if ln.startswith("FIUn ") and ln.rstrip().endswith("1x"))
+    assert "0.975" in fiun_line  # mean of (98-0)/100 and (98-1)/100
+    distill = next(ln for ln in lines if ln.startswith("distill"))
+    assert "n/a" in distill and "600x" in distill
+    assert "method" not in format_table(run("il", "mlp", (2,), r["nodes"], baselines=False))
+
+
+def test_json_ready_and_write_json(tmp_path):
+    r = {**single_ok(), "_stage": object(), "_fiun": {"x": 1}}
+    clean = json_ready(r)
+    assert not any(k.startswith("_") for k in clean) and clean["nodes"] == r["nodes"]
+    assert "_stage" in r  # the input is not modified
+    path = tmp_path / "r.json"
+    write_json(r, path)
+    text = path.read_text()
+    assert text.endswith("\n") and json.loads(text) == json.loads(json.dumps(clean))
+    assert list(json.loads(text)) == sorted(clean)
+
+
+# ---------------------------------------------------------------- bench/results_md.py
+
+def test_cell_summary_numbers():
+    c = rmd.cell_summary(single_ok())
+    assert c["fiun_ad_r"] == pytest.approx(98.0) and c["fiun_ad_f"] == pytest.approx(0.5)
+    assert c["ratio_pct"] == pytest.approx((98.0 + 100.0) / 2)
+    assert c["worst_ad_f"] == 1.0 and c["min_ratio"] == pytest.approx(0.98)
+    assert c["retrain_ad_r"] == pytest.approx(99.25) and c["retrain_ad_f"] == 0.0
+    assert c["mia"] == (10.0, 10.0, 10.0) and c["speedup"] == pytest.approx(200.0)
+    assert c["ok"] and c["single"] and c["failing_nodes"] == {}
+    m = rmd.cell_summary(multi_fail())
+    assert not m["ok"] and list(m["failing_nodes"]) == ["b"] and m["bar"] == (2.0, 0.85)
+
+
+def test_headline_averages_per_cell():
+    other = single_ok()
+    for n in other["nodes"]:
+        n["fiun"]["ad_r"], n["fiun"]["ad_f"] = 90.0, 0.0  # fails the 95 % bar on g (0.90)
+    cells = [rmd.cell_summary(r) for r in (single_ok(), other, multi_fail())]
+    h = rmd.headline(cells)
+    assert (h["cells"], h["met"]) == (3, 1)
+    assert h["single"]["cells"] == 2 and h["single"]["met"] == 1
+    assert h["single"]["ad_r"] == pytest.approx((98.0 + 90.0) / 2)
+    assert h["single"]["ad_f"] == pytest.approx((0.5 + 0.0) / 2)
+    assert h["multi"]["ad_r"] == pytest.approx(88.0) and h["multi"]["ad_f"] == pytest.approx(1.5)
+    assert h["speedup_met"] == 2  # 200x, 200x, 50x
+    table = rmd.headline_table(h)
+    assert "| single label | 1 / 2 | 0.25 | 94.00 |" in table and "94.53" in table and "84.77" in table
+
+
+def test_render_sections_and_not_met():
+    text = rmd.render(doc([single_ok(), multi_fail()]))
+    assert ".venv/bin/python bench/results_centralized.py --seed 0 --out results/centralized.json" in text
+    assert "| gamma | 3.0 |" in text
+    assert "**1 of 2 cells meet the quality bar.**" in text
+    assert "| il | mlp | {2} | 98.00 | 0.50 | 99.00 | 1.00 | 0.980 |" in text
+    assert "| fl | cnn | {1,4,6,8} | 88.00 | 1.50 |" in text and "| **no** |" in text
+    not_met = text.split("## Where targets are not met", 1)[1]
+    assert "fl / cnn / C_f = {1,4,6,8}" in not_met
+    assert "w_b: AD_f 3.00% > 2%, AD_r ratio 0.800 < 0.85" in not_met
+    assert "il / mlp / C_f = {2}**" not in not_met  # passing cell not listed as failing
+    assert "1 of 2 cells meet it" in not_met  # speed-up: 200x yes, 50x no
+    assert "fl / cnn / C_f = {1,4,6,8}: 50×" in not_met
+    assert "## Paper-exact" not in text
+    assert text.rstrip().endswith(rmd.MARKER)
+
+
+def test_node_tables_paper_style():
+    text = rmd.node_tables([single_ok(), multi_fail()])
+    assert "#### il / mlp" in text and "#### fl / cnn" in text
+    il = text.split("#### fl / cnn")[0]
+    assert "orig. w_g | orig. w_a | orig. w_b" not in il  # only nodes present: g, a
+    assert "| {2} | AD_r ↑ | 100.00 | 98.00 | 100.00 | 98.50 | 98.00 | 98.00 | 0.500 | 1.000 | 2.00 | 3.00 |" in il
+    fl = text.split("#### fl / cnn")[1]
+    assert "FIUn w_g | FIUn w_b" in fl
+    # custom topology without g/a/b: every node, in order
+    r = run("chain", "mlp", (2,), [node("n0", (99.0, 99.0), (99.0, 0.0), (97.0, 0.0)),
+                                   node("n1", (98.0, 99.0), (98.0, 0.0), (96.0, 0.0))])
+    assert rmd.reported_nodes([r]) == ["n0", "n1"]
+    # forget sets outside {2} and {1,4,6,8} are not rendered
+    assert rmd.node_tables([run("il", "mlp", (5,), single_ok()["nodes"])]) == ""
+
+
+def test_baselines_table_means_and_speedups():
+    a, b = single_ok(), single_ok()
+    b["fiun_seconds"], b["retrain_seconds"] = 0.015, 3.0
+    rows = {m: (d, s, x) for m, d, s, x in rmd.baseline_rows([a, b])}
+    assert rows["FIUn"][1] == pytest.approx(0.01) and rows["FIUn"][2] == 1.0
+    assert rows["re-training"][1] == pytest.approx(2.0) and rows["re-training"][2] == pytest.approx(200.0)
+    assert rows["finetune"][0] == pytest.approx(0.5) and rows["finetune"][2] == pytest.approx(100.0)
+    assert rows["distill"][0] is None
+    table = rmd.baselines_table([a, b])
+    assert "| il | mlp | gradient_ascent | 0.200 | 0.1000 | 10× |" in table
+    assert "| il | mlp | distill | – | 3.0000 | 300× |" in table
+    assert rmd.baselines_table([run("il", "mlp", (2,), a["nodes"], baselines=False)]).startswith("_No baselines")
+
+
+def test_render_with_paper_side_by_side():
+    paper_run = multi_fail()
+    paper_run["nodes"][1]["fiun"]["ad_r"], paper_run["nodes"][1]["fiun"]["ad_f"] = 90.0, 0.0  # passes
+    text = rmd.render(doc([single_ok(), multi_fail()]),
+                      doc([single_ok(), paper_run], gamma=1.0, center=False))
+    assert "--paper --out results/centralized_paper.json" in text
+    section = text.split("## Paper-exact settings vs ours", 1)[1]
+    assert "| gamma | 3.0 | 1.0 |" in section and "| center | True | False |" in section
+    assert "| estimator |" not in section.split("What our additions")[0]  # equal settings not listed
+    assert "| cells meeting the bar | 1 / 2 | 2 / 2 |" in section
+    assert "| multi-label: avg AD_r | 88.00 | 93.00 |" in section
+    assert "| fl | cnn | {1,4,6,8} | 88.00 | 1.50 | 0.800 | no | 93.00 | 0.00 | 0.900 | yes |" in section
+    assert "Quality bar (paper-exact settings)**: 2 of 2 cells meet it." in section
+
+
+def test_write_keeps_text_after_marker_and_cli(tmp_path):
+    out = tmp_path / "RESULTS.md"
+    out.write_text("old header\n" + rmd.MARKER + "\n## Network\nkept\n")
+    src = tmp_path / "c.json"
+    src.write_text(json.dumps(doc([single_ok()])))
+    assert rmd.main([str(src), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "old header" not in text and text.count(rmd.MARKER) == 1
+    assert text.endswith(rmd.MARKER + "\n## Network\nkept\n")
+    assert "**1 of 1 cells meet the quality bar.**" in text
+    assert rmd.main([str(tmp_path / "missing.json")]) == 2
