@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import time
 
+from fiun_peer.records import parse_record
 from fiun_peer.rpc.generated.fiun.v1 import admin_pb2
 from fiun_peer.rpc.record_service import push_record, sync_records
-from fiun_peer.records import parse_record
 from fiun_peer.tensors import to_bytes
 from simulations.centralized import SimConfig, prepare
 from simulations.network import architecture
