@@ -35,7 +35,8 @@ def test_fl_network_matches_centralized_bit_for_bit(stage, tmp_path):
     with PeerCluster(tmp_path, [f"peer-{n}" for n in names]) as cluster:
         owners = dict(zip(names, cluster.peers, strict=True))
         publish_stage(stage, owners)
-        cluster.wait_lineage(cluster.peers[-1], len(names))
+        for peer in cluster.peers:                  # gossip has reached everyone before we ask
+            cluster.wait_lineage(peer, len(names))
 
         reply = owners["c1"].admin.RequestUnlearning(admin_pb2.RequestUnlearningRequest(
             forget_labels=list(FORGET), request_id="forget-2"), timeout=30)

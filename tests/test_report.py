@@ -239,3 +239,11 @@ def test_write_keeps_text_after_marker_and_cli(tmp_path):
     assert text.endswith(rmd.MARKER + "\n## Network\nkept\n")
     assert "**1 of 1 cells meet the quality bar.**" in text
     assert rmd.main([str(tmp_path / "missing.json")]) == 2
+
+
+def test_failures_section_compact_table():
+    cells = [rmd.cell_summary(r) for r in (single_ok(), multi_fail())]
+    text = rmd.failures_section(cells, "paper-exact settings", per_node=False)
+    assert "**Quality bar (paper-exact settings)**: 1 of 2 cells meet it." in text
+    assert "| fl | cnn | {1,4,6,8} | 88.00 | 1.50 | 3.00 | 0.800 | 1 / 2 |" in text
+    assert "w_b:" not in text and "| il | mlp | {2} |" not in text
