@@ -268,12 +268,32 @@ def speedup_lines(cells: list[dict]) -> list[str]:
     for c in cells:
         if c["speedup"] >= SPEEDUP_TARGET:
             continue
-        per_node_ms = 1000 * c["fiun_seconds"] / max(c["n_nodes"], 1)
+        n = max(c["n_nodes"], 1)
+        need = 1000 * c["retrain_seconds"] / SPEEDUP_TARGET / n
         lines.append(f"- {c['framework']} / {c['model']} / C_f = {labels_str(c['forget'])}: "
                      f"{fmt_x(c['speedup'])} (re-training {c['retrain_seconds']:.3f} s for the sub-graph, "
-                     f"FIUn {1000 * c['fiun_seconds']:.2f} ms = {per_node_ms:.2f} ms per node over "
-                     f"{c['n_nodes']} nodes)")
+                     f"FIUn {1000 * c['fiun_seconds']:.2f} ms = {1000 * c['fiun_seconds'] / n:.2f} ms per node over "
+                     f"{n} node{'s' if n > 1 else ''}; {SPEEDUP_TARGET:.0f}× would need ≤ {need:.2f} ms per node)")
     return lines
+
+
+def speedup_note(cells: list[dict]) -> str:
+    """Why the MLP cells miss the speed-up target, in numbers."""
+    slow = [c for c in cells if c["model"] == "mlp" and c["speedup"] < SPEEDUP_TARGET]
+    if not slow:
+        return ""
+    mlp = [c for c in cells if c["model"] == "mlp"]
+    rt = [c["retrain_seconds"] for c in mlp]
+    ms = [1000 * c["fiun_seconds"] / max(c["n_nodes"], 1) for c in slow]
+    text = (f"On the MLP, re-training the whole sub-graph takes only {min(rt):.2f}–{max(rt):.2f} s, and FIUn "
+            f"costs {min(ms):.2f}–{max(ms):.2f} ms per node in the {len(slow)} MLP cells below the target "
+            f"(timed on CPU, one thread): the re-training baseline is too cheap on this model for "
+            f"{SPEEDUP_TARGET:.0f}×; {len(mlp) - len(slow)} of {len(mlp)} MLP cells reach it.")
+    others = [c for c in cells if c["model"] != "mlp"]
+    if others:
+        ok = sum(c["speedup"] >= SPEEDUP_TARGET for c in others)
+        text += f" On the other models, {ok} of {len(others)} cells reach it."
+    return text
 
 
 def failure_table(cells: list[dict]) -> str:
@@ -297,15 +317,9 @@ def failures_section(cells: list[dict], title: str = "default settings", *, per_
                 f"{len(cells) - len(slow)} of {len(cells)} cells meet it."]
     if slow:
         out += ["", "Cells below the target:", ""] + slow
-        mlp = [c for c in cells if c["model"] == "mlp" and c["speedup"] < SPEEDUP_TARGET]
-        if mlp:
-            rt = max(c["retrain_seconds"] for c in mlp)
-            ms = [1000 * c["fiun_seconds"] / max(c["n_nodes"], 1) for c in mlp]
-            need = [1000 * c["retrain_seconds"] / SPEEDUP_TARGET / max(c["n_nodes"], 1) for c in mlp]
-            out += ["", f"On the MLP, re-training the whole sub-graph takes at most {rt:.3f} s, so a "
-                        f"{SPEEDUP_TARGET:.0f}× gap would need FIUn at {min(need):.2f}–{max(need):.2f} ms per "
-                        f"node; it takes {min(ms):.2f}–{max(ms):.2f} ms per node (timed on CPU, one thread). "
-                        "The re-training baseline is simply too cheap on this model for the target."]
+        note = speedup_note(cells)
+        if note:
+            out += ["", note]
     return "\n".join(out)
 
 

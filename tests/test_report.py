@@ -247,3 +247,17 @@ def test_failures_section_compact_table():
     assert "**Quality bar (paper-exact settings)**: 1 of 2 cells meet it." in text
     assert "| fl | cnn | {1,4,6,8} | 88.00 | 1.50 | 3.00 | 0.800 | 1 / 2 |" in text
     assert "w_b:" not in text and "| il | mlp | {2} |" not in text
+
+
+def test_speedup_lines_and_mlp_note():
+    slow = single_ok()
+    slow["fiun_seconds"], slow["retrain_seconds"], slow["speedup"] = 0.02, 1.0, 50.0
+    cells = [rmd.cell_summary(r) for r in (slow, single_ok(), multi_fail())]
+    lines = rmd.speedup_lines(cells)
+    assert len(lines) == 2  # 50x (il/mlp) and 50x (fl/cnn); 200x passes
+    assert lines[0] == ("- il / mlp / C_f = {2}: 50× (re-training 1.000 s for the sub-graph, FIUn 20.00 ms = "
+                        "10.00 ms per node over 2 nodes; 100× would need ≤ 5.00 ms per node)")
+    note = rmd.speedup_note(cells)
+    assert "1.00–1.00 s" in note and "10.00–10.00 ms per node in the 1 MLP cells" in note
+    assert "1 of 2 MLP cells reach it" in note and "0 of 1 cells reach it" in note
+    assert rmd.speedup_note([rmd.cell_summary(single_ok())]) == ""
