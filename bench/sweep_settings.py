@@ -52,17 +52,16 @@ def main() -> int:
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     grid = list(itertools.product(["empirical", "batch", "exact"], ["none", "mean"], [True, False],
-                                  [0.5, 1.0, 2.0, 5.0], [0.0, 0.1], [True, False]))
+                                  [1.0, 2.0, 3.0, 5.0], [0.0, 0.1], [True, False], [1.0, 4.0, 16.0]))
     stages = {}
     for fw, model in itertools.product(a.frameworks.split(","), a.models.split(",")):
         t0 = time.time()
         stages[(fw, model)] = prepare(SimConfig(framework=fw, model=model, seed=a.seed))
         print(f"trained {fw}/{model} in {time.time() - t0:.1f}s", file=sys.stderr)
     rows = []
-    for est, norm, per_label, gamma, eta, center in grid:
-        if not center:
-            continue
-        s = FIUnSettings(estimator=est, normalize=norm, per_label=per_label, gamma=gamma, eta=eta, center=center)
+    for est, norm, per_label, gamma, eta, center, temperature in grid:
+        s = FIUnSettings(estimator=est, normalize=norm, per_label=per_label, gamma=gamma, eta=eta, center=center,
+                         temperature=temperature)
         cells = []
         for (fw, model), stage in stages.items():
             for forget in FORGET_SETS:
@@ -73,7 +72,7 @@ def main() -> int:
         n_ok = sum(c["ok"] for c in cells)
         rows.append({"settings": s.to_dict(), "cells_ok": n_ok, "cells": cells})
         print(f"{n_ok:3d}/{len(cells)} est={est:9s} norm={norm:4s} per_label={per_label!s:5s} "
-              f"gamma={gamma:<4} eta={eta:<4} center={center!s:5s} worst_f={max(c['worst_ad_f'] for c in cells):6.2f} "
+              f"gamma={gamma:<4} eta={eta:<4} center={center!s:5s} T={temperature:<4} worst_f={max(c['worst_ad_f'] for c in cells):6.2f} "
               f"mean_ratio={sum(c['mean_ad_r_ratio'] for c in cells) / len(cells):.3f}", flush=True)
     rows.sort(key=lambda r: -r["cells_ok"])
     if a.out:
