@@ -76,18 +76,8 @@ def prepare(cfg: SimConfig, progress: Callable[[str], None] | None = None) -> St
 
 def lineage_data(stage: Stage, node: str) -> list[int]:
     """The training samples a model has seen, directly or by inheritance: its own and its ancestors'."""
-    ids = {node} | {a for a in stage.umig.models() if _is_ancestor(stage.umig, a, node)}
+    ids = [node, *stage.umig.ancestors(node)]
     return sorted(i for a in ids for i in stage.data_idx[a])
-
-
-def _is_ancestor(g: UMIG, a: str, n: str) -> bool:
-    stack = list(g.parents(n))
-    while stack:
-        p = stack.pop()
-        if p == a:
-            return True
-        stack.extend(g.parents(p))
-    return False
 
 
 def run_fiun(stage: Stage, forget: tuple[int, ...], settings: FIUnSettings) -> dict:
@@ -131,8 +121,7 @@ def evaluate(stage: Stage, model: nn.Module, node: str, forget: tuple[int, ...])
     ds = stage.ds
     idx = lineage_data(stage, node)
     (fx, fy), (rx, ry) = split_by_labels(ds.x_train[idx], ds.y_train[idx], forget)
-    known = {c for a in [node] + [m for m in stage.umig.models() if _is_ancestor(stage.umig, m, node)]
-             for c in stage.umig.labels(a)}
+    known = {c for a in [node, *stage.umig.ancestors(node)] for c in stage.umig.labels(a)}
     tm = torch.isin(ds.y_test, torch.tensor(sorted(known), dtype=torch.long))
     (tfx, tfy), (trx, try_) = split_by_labels(ds.x_test[tm], ds.y_test[tm], forget)
     return {"ad_r": accuracy(model, rx, ry), "ad_f": accuracy(model, fx, fy),

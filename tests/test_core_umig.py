@@ -260,3 +260,15 @@ def test_models_topological_order():
     seq = fig2().models()
     assert set(seq) == set(FIG2_LABELS) and len(seq) == len(FIG2_LABELS)
     _assert_topological(fig2(), seq)
+
+
+def test_ancestors_are_transitive_and_topologically_ordered():
+    g = UMIG()
+    for m in ("r", "x", "y", "z"):
+        g.add_model(m, [0])
+    g.add_edge("r", "x", "finetune")
+    g.add_edge("x", "z", "finetune")
+    g.add_edge("y", "z", "aggregate")
+    assert g.ancestors("z") == ["r", "x", "y"]
+    assert g.ancestors("x") == ["r"]
+    assert g.ancestors("r") == []

@@ -17,8 +17,6 @@ the closed forms against it and against a naive per-sample autograd loop. Pure f
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
@@ -226,5 +224,3 @@ def last_layer_fisher(
                                     labels, estimator=estimator, batch_size=batch_size)
     return per_sample_fisher(head_module, feats, labels, estimator=estimator, batch_size=batch_size)
 
-
-FisherFn = Callable[[Tensor, Tensor], Fisher]

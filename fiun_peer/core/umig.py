@@ -69,6 +69,11 @@ class UMIG:
     def relation(self, parent: str, child: str) -> str:
         return self._g.edges[parent, child]["relation"]
 
+    def ancestors(self, model_id: str) -> list[str]:
+        """Every model ``model_id`` inherits from, directly or transitively (topological order)."""
+        found = nx.ancestors(self._g, model_id)
+        return [m for m in self.models() if m in found]
+
     def depth(self, model_id: str) -> int:
         """Longest path length from any root to this model."""
         preds = list(self._g.predecessors(model_id))
