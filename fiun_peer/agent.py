@@ -182,8 +182,7 @@ class Agent:
             raise AgentError(f"model {model_id!r} already exists; unlearning creates new versions itself")
         parent_refs = []
         for pid, relation in parents:
-            digest = self.view.digest(pid)
-            if digest is None:
+            if self.view.owner(pid) is None:
                 raise AgentError(f"unknown parent model {pid!r} (has its lineage reached this peer?)")
             parent_refs.append({"model_id": pid, "digest": self._original_digest(pid), "relation": relation})
         model = load_model(architecture, weights)

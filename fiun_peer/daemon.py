@@ -44,7 +44,7 @@ async def serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str =
         if node is not None and node.is_up:
             await node.publish(data)
 
-    agent = Agent(identity, store, publish=publish, fetch_blob=lambda target, digest: fetch_blob(target, digest))
+    agent = Agent(identity, store, publish=publish, fetch_blob=fetch_blob)
     health_servicer = health.HealthServicer()
     health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
 

@@ -13,16 +13,12 @@ import torch
 from torch import Tensor, nn
 
 from .core.fisher import Fisher, find_head, head_features
-from .core.fiun import FIUnSettings, fiun_update, model_fisher, unlearning_fisher
-
-
-def _head(model: nn.Module) -> tuple[str, nn.Linear]:
-    return find_head(model)
+from .core.fiun import FIUnSettings, fiun_update, label_mask, model_fisher, unlearning_fisher
 
 
 def head_params(model: nn.Module) -> dict[str, Tensor]:
     """The last layer's tensors keyed like the Fishers ("weight", "bias")."""
-    _, head = _head(model)
+    _, head = find_head(model)
     out = {"weight": head.weight.detach().clone()}
     if head.bias is not None:
         out["bias"] = head.bias.detach().clone()
@@ -31,27 +27,23 @@ def head_params(model: nn.Module) -> dict[str, Tensor]:
 
 def head_tensor_names(model: nn.Module) -> list[str]:
     """State-dict names of the head tensors, e.g. ["head.weight", "head.bias"]."""
-    name, head = _head(model)
+    name, head = find_head(model)
     return [f"{name}.{k}" for k in (["weight", "bias"] if head.bias is not None else ["weight"])]
 
 
 def node_model_fisher(model: nn.Module, x: Tensor, y: Tensor, settings: FIUnSettings) -> Fisher:
     """Eq. 4 on the node's own training data; computed when the model is published."""
-    _, head = _head(model)
+    _, head = find_head(model)
     feats = head_features(model, x, head)
     return model_fisher(feats, head.weight.detach(), None if head.bias is None else head.bias.detach(),
                         y, settings)
 
 
-def forget_mask(y: Tensor, forget_labels: Sequence[int]) -> Tensor:
-    return torch.isin(torch.as_tensor(y).long(), torch.tensor(sorted(set(forget_labels)), dtype=torch.long))
-
-
 def node_unlearning_fisher(model: nn.Module, x: Tensor, y: Tensor, forget_labels: Sequence[int],
                            settings: FIUnSettings) -> Fisher:
     """Eq. 3 on a discovery node's forget data (its own samples whose label is in C_f)."""
-    _, head = _head(model)
-    mask = forget_mask(y, forget_labels)
+    _, head = find_head(model)
+    mask = label_mask(y, forget_labels)
     feats = head_features(model, x[mask], head)
     return unlearning_fisher(feats, head.weight.detach(), None if head.bias is None else head.bias.detach(),
                              torch.as_tensor(y)[mask], forget_labels, settings)
@@ -60,7 +52,7 @@ def node_unlearning_fisher(model: nn.Module, x: Tensor, y: Tensor, forget_labels
 def apply_fiun(model: nn.Module, own_model_fisher: Mapping[str, Tensor],
                discovery_fishers: Sequence[Mapping[str, Tensor]], settings: FIUnSettings) -> dict[str, Tensor]:
     """Eqs. 5-6 for one node: returns the node's new full state dict (the model is not modified)."""
-    name, _ = _head(model)
+    name, _ = find_head(model)
     new_head = fiun_update(head_params(model), own_model_fisher, discovery_fishers, settings)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     for k, v in new_head.items():

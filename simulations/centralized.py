@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from fiun_peer.core.fiun import FIUnSettings
+from fiun_peer.core.fiun import FIUnSettings, label_mask
 from fiun_peer.core.umig import UMIG
 from fiun_peer.data import Dataset, load_dataset
 from fiun_peer.unlearn import apply_fiun, node_model_fisher, node_unlearning_fisher
@@ -102,7 +102,7 @@ def run_fiun(stage: Stage, forget: tuple[int, ...], settings: FIUnSettings) -> d
         upd_s[n] = time.perf_counter() - t0
     models = {}
     for n, st in states.items():
-        m = _clone_arch(stage, n)
+        m = _fresh_model(stage)
         m.load_state_dict(st)
         models[n] = m.eval()
     cumulative = {n: max(fhat_s[d] for d in g.discovery_ancestors(n, forget)) + upd_s[n] for n in sub}
@@ -111,7 +111,7 @@ def run_fiun(stage: Stage, forget: tuple[int, ...], settings: FIUnSettings) -> d
             "cumulative": cumulative}
 
 
-def _clone_arch(stage: Stage, n: str) -> nn.Module:
+def _fresh_model(stage: Stage) -> nn.Module:
     from fiun_peer.models import build_model
 
     return build_model(stage.train_cfg.model, stage.ds.input_shape, stage.ds.num_classes, seed=0)
@@ -122,7 +122,7 @@ def evaluate(stage: Stage, model: nn.Module, node: str, forget: tuple[int, ...])
     idx = lineage_data(stage, node)
     (fx, fy), (rx, ry) = split_by_labels(ds.x_train[idx], ds.y_train[idx], forget)
     known = {c for a in [node, *stage.umig.ancestors(node)] for c in stage.umig.labels(a)}
-    tm = torch.isin(ds.y_test, torch.tensor(sorted(known), dtype=torch.long))
+    tm = label_mask(ds.y_test, known)
     (tfx, tfy), (trx, try_) = split_by_labels(ds.x_test[tm], ds.y_test[tm], forget)
     return {"ad_r": accuracy(model, rx, ry), "ad_f": accuracy(model, fx, fy),
             "test_ad_r": accuracy(model, trx, try_), "test_ad_f": accuracy(model, tfx, tfy),

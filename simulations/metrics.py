@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from fiun_peer.core.fiun import label_mask
+
 
 @torch.no_grad()
 def predict(model: nn.Module, x: Tensor, chunk: int = 2048) -> Tensor:
@@ -33,7 +35,7 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float | None:
 
 def split_by_labels(x: Tensor, y: Tensor, labels: Iterable[int]) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
     """((x, y) with labels in ``labels``, (x, y) without)."""
-    m = torch.isin(y, torch.tensor(sorted(set(labels)), dtype=torch.long))
+    m = label_mask(y, labels)
     return (x[m], y[m]), (x[~m], y[~m])
 
 

@@ -19,11 +19,12 @@ def architecture(stage: Stage) -> dict:
 
 
 def publish_stage(stage: Stage, owners: dict[str, Peer], *, timeout: float = 60.0) -> dict[str, str]:
-    """Publish every model of the stage from its owner, parents first. Before a child is published,
-    waits until its owner has heard (by gossip) of all its parents. Returns model id -> digest."""
+    """Publish each model of the stage that has an owner in ``owners``, parents first. Before a child
+    is published, waits until its owner has heard (by gossip) of all its parents. Returns model id ->
+    digest."""
     arch = json.dumps(architecture(stage))
     digests = {}
-    for spec in stage.nodes:
+    for spec in (s for s in stage.nodes if s.id in owners):
         peer = owners[spec.id]
         deadline = time.monotonic() + timeout
         while spec.parents:

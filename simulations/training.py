@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from fiun_peer.core.fisher import find_head
+from fiun_peer.core.fiun import label_mask
 from fiun_peer.data import Dataset
 from fiun_peer.models import build_model
 
@@ -98,7 +99,7 @@ def own_data(ds: Dataset, idx: list[int], exclude_labels: Iterable[int] = ()) ->
     x, y = ds.x_train[idx], ds.y_train[idx]
     ex = sorted(set(exclude_labels))
     if ex:
-        keep = ~torch.isin(y, torch.tensor(ex, dtype=torch.long))
+        keep = ~label_mask(y, ex)
         x, y = x[keep], y[keep]
     return x, y
 

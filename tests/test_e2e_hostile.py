@@ -3,34 +3,21 @@ its digest are rejected, counted, and change nothing stored."""
 
 from __future__ import annotations
 
-import json
 import time
 
 from fiun_peer.records import parse_record
 from fiun_peer.rpc.generated.fiun.v1 import admin_pb2
 from fiun_peer.rpc.record_service import push_record, sync_records
-from fiun_peer.tensors import to_bytes
 from simulations.centralized import SimConfig, prepare
-from simulations.network import architecture
+from simulations.network import publish_stage
 from simulations.peers import PeerCluster
-from simulations.training import own_data
-
-
-def _publish(peer, stage, node, model_id, parents=()):
-    x, y = own_data(stage.ds, stage.data_idx[node])
-    return peer.admin.PublishModel(admin_pb2.PublishModelRequest(
-        model_id=model_id, weights=to_bytes(stage.models[node].state_dict()), data=to_bytes({"x": x, "y": y}),
-        architecture_json=json.dumps(architecture(stage)),
-        parents=[admin_pb2.Parent(model_id=p, relation="incremental") for p in parents]), timeout=60)
 
 
 def test_tampered_record_and_bad_fisher_blob_are_rejected(tmp_path):
     stage = prepare(SimConfig(framework="il", model="mlp", seed=0))
     with PeerCluster(tmp_path, ["alice", "bob"]) as cluster:
         alice, bob = cluster.peers
-        _publish(alice, stage, "g", "g")
-        cluster.wait_lineage(bob, 1)
-        _publish(bob, stage, "a", "a", parents=["g"])
+        publish_stage(stage, {"g": alice, "a": bob})      # il: g -> a (b stays unpublished)
         cluster.wait_lineage(alice, 2)
 
         # 1. A tampered record: one byte of a valid envelope changed.

@@ -159,6 +159,12 @@ class FIUnSettings:
         return asdict(self)
 
 
+def label_mask(labels: Tensor, wanted: Iterable[int]) -> Tensor:
+    """Boolean mask of the samples whose label is in ``wanted`` (e.g. C_f)."""
+    return torch.isin(torch.as_tensor(labels).long(), torch.tensor(sorted({int(c) for c in wanted}),
+                                                                    dtype=torch.long))
+
+
 def model_fisher(features: Tensor, head_weight: Tensor, head_bias: Tensor | None, labels: Tensor,
                  settings: FIUnSettings) -> Fisher:
     """Eq. 4: the model Fisher F_j on the model's own training data (computed at publish time)."""
@@ -176,7 +182,7 @@ def unlearning_fisher(features: Tensor, head_weight: Tensor, head_bias: Tensor |
     groups = [[c] for c in forget] if settings.per_label else [forget]
     parts = []
     for group in groups:
-        mask = torch.isin(labels, torch.tensor(group, dtype=torch.long))
+        mask = label_mask(labels, group)
         if mask.any():
             parts.append(fisher_from_features(features[mask], head_weight, head_bias, labels[mask],
                                               estimator=settings.estimator, batch_size=settings.batch_size,

@@ -98,8 +98,7 @@ class UMIG:
         if model_id not in self._g:
             raise UMIGError(f"unknown model {model_id!r}")
         cf = frozenset(int(c) for c in forget_labels)
-        lineage = nx.ancestors(self._g, model_id) | {model_id}
-        return [m for m in self.models() if m in lineage and self.labels(m) & cf]
+        return [m for m in [*self.ancestors(model_id), model_id] if self.labels(m) & cf]
 
     def forget_labels_held(self, model_id: str, forget_labels: Iterable[int]) -> frozenset[int]:
         """The part of C_f that this model's own data holds (its \\hat D^D_i labels)."""
