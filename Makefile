@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint proto clean
+.PHONY: demo test lint proto apidoc install clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/fiun-sim centralized --framework fl --dataset digits --model mlp --forget 2 --seed 0
+	$(BIN)/fiun-sim network --framework fl --peers 6 --dataset digits --model mlp --forget 2 --seed 0
 
 test: $(STAMP)
 	$(BIN)/ruff check fiun_peer simulations tests bench
@@ -27,6 +27,13 @@ lint: $(STAMP)
 
 proto: $(STAMP)
 	$(BIN)/python -m fiun_peer.rpc.regenerate
+
+# just the .venv with the pinned dependencies (the README walkthrough starts here)
+install: $(STAMP)
+
+# docs/admin-api.md from the proto comments (tests/test_apidoc.py fails when it is stale)
+apidoc: $(STAMP)
+	$(BIN)/python -m fiun_peer.rpc.apidoc
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -12,8 +12,10 @@ from typing import Any
 import grpc
 
 from .agent import Agent, AgentError, NotFound
-from .bridge import TrioBridge
+from .bridge import BridgeClosed, TrioBridge
+from .records import RecordError
 from .rpc.generated.fiun.v1 import admin_pb2, admin_pb2_grpc
+from .tensors import TensorFileError
 
 log = logging.getLogger("fiun_peer.admin")
 
@@ -23,11 +25,13 @@ def _guard(fn: Callable) -> Callable:
     def wrapper(self: AdminServicer, request: Any, context: grpc.ServicerContext) -> Any:
         try:
             return fn(self, request, context)
-        except AgentError as exc:
+        except (AgentError, RecordError, TensorFileError) as exc:  # the caller's input, not our bug
             self._count("admin_invalid_argument")
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except NotFound as exc:
             context.abort(grpc.StatusCode.NOT_FOUND, str(exc.args[0] if exc.args else exc))
+        except BridgeClosed as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"the peer is shutting down: {exc}")
         except grpc.RpcError:
             raise
         except Exception as exc:  # never crash the server; say what went wrong

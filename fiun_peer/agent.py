@@ -22,11 +22,13 @@ from typing import Any
 import torch
 import trio
 
+from . import faults
 from .bridge import run_in_worker
 from .core.fiun import FIUnSettings
 from .identity import Identity
 from .lineage import LineageView, build_view
 from .models import build_model
+from .policy import Refusal, RequesterPolicy, authorize, fisher_problem
 from .records import (
     Record,
     RecordError,
@@ -62,6 +64,13 @@ def settings_from(d: dict[str, Any] | None) -> FIUnSettings:
     unknown = set(d or {}) - set(base)
     if unknown:
         raise AgentError(f"unknown FIUn settings: {', '.join(sorted(unknown))}")
+    for key, value in (d or {}).items():  # JSON types must match: "yes" is not a bool, 2.5 not a batch size
+        want = type(base[key])
+        ok = (isinstance(value, bool) if want is bool else
+              isinstance(value, int | float) and not isinstance(value, bool) if want is float else
+              isinstance(value, want) and not isinstance(value, bool))
+        if not ok:
+            raise AgentError(f"FIUn setting {key} must be a {want.__name__}, got {value!r}")
     try:
         return FIUnSettings(**{**base, **(d or {})})
     except (TypeError, ValueError) as exc:
@@ -100,8 +109,10 @@ class Agent:
     """Owns the store-backed state of one peer. Call its methods on the trio thread only."""
 
     def __init__(self, identity: Identity, store: Store, *, publish: Callable[[bytes], Any],
-                 fetch_blob: Callable[[str, str], bytes], defaults: FIUnSettings | None = None) -> None:
+                 fetch_blob: Callable[[str, str], bytes], defaults: FIUnSettings | None = None,
+                 requesters: RequesterPolicy | None = None) -> None:
         self.identity = identity
+        self.requesters = requesters or RequesterPolicy()
         self.store = store
         self._publish = publish              # async fn(bytes): gossip the envelope
         self._fetch_blob = fetch_blob        # blocking fn(grpc target, digest) -> verified bytes
@@ -111,6 +122,12 @@ class Agent:
         self._view: LineageView | None = None
         self._kick = trio.Event()
         self._work_lock = trio.Lock()
+        # Refusals already counted, by record id: sync offers a refused record again every round.
+        self._refused: dict[str, str] = {}
+        self._request_index: dict[tuple[str, str], dict[str, Record]] | None = None
+        self._deferred: dict[str, Record] = {}   # refused for now (see policy.Refusal.deferred)
+        # on_applied(apply seconds, seconds since the request was received): the metrics hook.
+        self.on_applied: Callable[[float, float], None] | None = None
 
     # -- records in ---------------------------------------------------------------------------
     @property
@@ -131,13 +148,16 @@ class Agent:
             return False, "", exc.reason
         if self.store.has_record(rec.record_id):
             return True, rec.record_id, "duplicate"
-        why = self._authorize(rec)
-        if why:
-            self.store.incr("rejected_unauthorized")
-            log.warning("record rejected", extra={"event": "record_rejected", "reason": "unauthorized",
-                                                   "source": source, "detail": why})
-            return False, rec.record_id, "unauthorized"
+        refusal = self._authorize(rec)
+        if refusal is not None:
+            self._refuse(rec, refusal, source)
+            if refusal.deferred and len(self._deferred) < 10_000:  # retried when what it lacks arrives
+                self._deferred[rec.record_id] = rec
+            return False, rec.record_id, refusal.reason
+        self._refused.pop(rec.record_id, None)
+        self._deferred.pop(rec.record_id, None)
         self.store.add_record(rec)
+        self._index_add(rec)
         self.store.incr(f"records_{rec.kind}")
         self.arrived.setdefault(rec.record_id, time.time())
         if rec.kind == "lineage":
@@ -145,20 +165,51 @@ class Agent:
         log.info("record stored", extra={"event": "record_stored", "kind": rec.kind,
                                          "subject": rec.subject_name, "source": source})
         self.kick()
+        if rec.kind in ("lineage", "request") and self._deferred:
+            self._retry_deferred()
         return True, rec.record_id, "accepted"
 
-    def _authorize(self, rec: Record) -> str:
-        """Who may say what: versions, announcements and receipts only from the model's owner."""
-        p = rec.predicate
-        if rec.kind == "lineage":
-            owner = self.view.owner(p["model_id"])
-            if owner is not None and owner != rec.signer:
-                return f"model {p['model_id']} is owned by another key"
-        elif rec.kind in ("announcement", "receipt"):
-            owner = self.view.owner(p["model_id"])
-            if owner is not None and owner != rec.signer:
-                return f"{rec.kind} for {p['model_id']} not signed by its owner"
-        return ""
+    def _retry_deferred(self) -> None:
+        """A lineage or request record arrived: records waiting for it need not wait for the next sync
+        (gossip does not keep order between different senders)."""
+        waiting, self._deferred = self._deferred, {}
+        for rec in waiting.values():   # ingest re-enters here for each one stored, so chains resolve
+            if not self.store.has_record(rec.record_id):
+                self.ingest(rec.envelope, source="deferred")
+
+    def _authorize(self, rec: Record) -> Refusal | None:
+        """Who may say what (fiun_peer.policy), judged on the records this peer holds."""
+        return authorize(rec, view=self.view, own_key=self.identity.public_key_hex, requesters=self.requesters,
+                         request_of=self._request_record,
+                         existing=lambda kind, rid, m: self._by(kind, rid).get(m))
+
+    def _refuse(self, rec: Record, refusal: Refusal, source: str) -> None:
+        """Count a refusal once per record (sync re-offers it), log it, and flag equivocation."""
+        if self._refused.get(rec.record_id) == refusal.reason:
+            return
+        if len(self._refused) >= 100_000:  # bounded: forget the oldest
+            self._refused.pop(next(iter(self._refused)))
+        self._refused[rec.record_id] = refusal.reason
+        self.store.incr(f"rejected_{refusal.reason}")
+        level = logging.INFO if refusal.deferred else logging.WARNING
+        log.log(level, "record refused", extra={"event": "record_refused", "reason": refusal.reason,
+                                                "source": source, "signer": rec.signer, "detail": refusal.detail})
+        if refusal.reason == "equivocation":
+            p = rec.predicate
+            key = f"flag:{p['request_id']}:{p['model_id']}"
+            flags = self.store.get_state(key) or {"signer": rec.signer, "kind": rec.kind, "ignored": []}
+            if rec.record_id not in flags["ignored"]:
+                flags["ignored"].append(rec.record_id)
+                self.store.put_state(key, flags)
+                self.store.incr("equivocations")
+
+    def flags(self, request_id: str, model_id: str) -> str:
+        """A readable note when the owner of ``model_id`` equivocated on ``request_id``, else ""."""
+        f = self.store.get_state(f"flag:{request_id}:{model_id}")
+        if not f:
+            return ""
+        return (f"flagged: owner {f['signer'][:16]}... sent {len(f['ignored'])} conflicting {f['kind']}(s) for "
+                f"{model_id}; only the first is used")
 
     def kick(self) -> None:
         self._kick.set()
@@ -241,20 +292,27 @@ class Agent:
                 self.view.umig.discovery_nodes(cf))
 
     def _request_record(self, request_id: str) -> Record | None:
-        for r in self.store.records("request"):
-            if r.predicate["request_id"] == request_id:
-                return r
-        return None
+        return self._index().get(("request", request_id), {}).get("")
 
     # -- views --------------------------------------------------------------------------------
     def _by(self, kind: str, request_id: str) -> dict[str, Record]:
-        """Records of ``kind`` for a request, keyed by model id (first valid one wins)."""
-        out: dict[str, Record] = {}
-        for r in self.store.records(kind):
-            p = r.predicate
-            if p["request_id"] == request_id and p["model_id"] not in out:
-                out[p["model_id"]] = r
-        return out
+        """Records of ``kind`` for a request, keyed by model id (first stored one wins)."""
+        return dict(self._index().get((kind, request_id), {}))
+
+    def _index(self) -> dict[tuple[str, str], dict[str, Record]]:
+        """(kind, request id) -> {model id, or "" for the request itself: record}, built once from the
+        store and kept up to date by ``ingest`` (the only writer of records): scanning every record
+        on every ingest made a burst of N requests cost O(N^2)."""
+        if self._request_index is None:
+            self._request_index = {}
+            for r in self.store.records():
+                self._index_add(r)
+        return self._request_index
+
+    def _index_add(self, r: Record) -> None:
+        if self._request_index is not None and r.kind != "lineage":
+            slot = self._request_index.setdefault((r.kind, r.predicate["request_id"]), {})
+            slot.setdefault(r.predicate.get("model_id", ""), r)
 
     def request_progress(self, request_id: str) -> tuple[Record, list[Progress], bool]:
         req = self._request_record(request_id)
@@ -282,9 +340,13 @@ class Agent:
                 if m in mine and st.get("why"):
                     p.why_pending = st["why"]
                 elif missing:
-                    p.why_pending = f"waiting for Fisher announcements from {', '.join(missing)}"
+                    p.why_pending = self._waiting_for(missing)
                 else:
-                    p.why_pending = f"all Fishers announced; waiting for {m}'s owner to apply and send a receipt"
+                    p.why_pending = (f"all Fishers announced; waiting for {m} ({self._owner_note(m, 'still applying')})"
+                                     " to apply and send a receipt")
+            note = self.flags(request_id, m)
+            if note:
+                p.why_pending = f"{p.why_pending}; {note}" if p.why_pending else note
             out.append(p)
         return req, out, all(p.state == "applied" for p in out)
 
@@ -346,7 +408,7 @@ class Agent:
         anc = g.discovery_ancestors(m, cf)
         missing = [d for d in anc if d not in announced]
         if missing:
-            self._set_why(key, st, f"waiting for Fisher announcements from {', '.join(missing)}")
+            self._set_why(key, st, self._waiting_for(missing))
             return
         fishers = []
         for d in anc:
@@ -355,6 +417,22 @@ class Agent:
                 self._set_why(key, st, why)
                 return
             fishers.append(blob)
+        # Check every pulled Fisher against our own head *before* any arithmetic: a hostile or broken
+        # discovery peer can announce a well-formed blob of the wrong shape, dtype or sign.
+        own = await self._model_fisher(lineage, st["base"], s)
+        for d, fisher in zip(anc, fishers, strict=True):
+            problem = fisher_problem(fisher, own)
+            if problem:
+                ann = announced[d]
+                why = (f"Fisher of {d} ({ann.predicate['fisher_digest'][:12]}, announced by {ann.signer[:16]}...) "
+                       f"is unusable: {problem}; model {m} left untouched")
+                if st.get("why") != why:  # count and log once, not on every reconcile pass
+                    self.store.incr("fisher_invalid")
+                    log.warning("fisher refused", extra={"event": "fisher_invalid", "request": rid, "model": d,
+                                                         "signer": ann.signer, "detail": problem})
+                self._set_why(key, st, why)
+                return
+        faults.point("after_pull", f"{rid}:{m}")
         await self._apply(rid, m, st, lineage, fishers, s)
 
     def _has_own(self, kind: str, rid: str, m: str) -> bool:
@@ -380,6 +458,7 @@ class Agent:
         rec = build_announcement(self.identity, request_id=rid, model_id=m, model_digest=base,
                                  fisher_digest=digest, shapes={k: list(v.shape) for k, v in fhat.items()},
                                  estimator=s.estimator, labels=sorted(set(cf) & set(lineage.predicate["labels"])))
+        faults.point("before_announce", f"{rid}:{m}")
         await self.publish_record(rec)
         log.info("fisher announced", extra={"event": "fisher_announced", "request": rid, "model": m,
                                             "digest": digest, "seconds": round(time.perf_counter() - t0, 4)})
@@ -430,7 +509,9 @@ class Agent:
 
     async def _apply(self, rid: str, m: str, st: dict, lineage: Record, fishers: list, s: FIUnSettings) -> None:
         """Eqs. 5-6 on our model, the new version written atomically, then a receipt."""
-        base = st["base"]
+        # The current version, not st["base"]: a request applied since this one arrived must not be undone.
+        base = self.store.get_state(f"model:{m}")["digest"]
+        t0 = time.perf_counter()
         model = load_model(lineage.predicate["architecture"], self.store.get_blob(base))
         mf = await self._model_fisher(lineage, base, s)
         try:
@@ -440,15 +521,20 @@ class Agent:
             self.store.incr("apply_failed")
             return
         new_digest = self.store.put_blob(to_bytes(new_state))
+        faults.point("after_new_blob", f"{rid}:{m}")
         model_state = self.store.get_state(f"model:{m}")
         version = model_state["version"] + 1
         now = time.time()
         with self.store.transaction():  # model version and request state move together, or not at all
             self.store.put_state(f"model:{m}", {**model_state, "digest": new_digest, "version": version})
+            faults.point("apply_mid_txn", f"{rid}:{m}")
             self.store.put_state(f"req:{rid}:{m}", {**st, "state": "applied", "old": base, "new": new_digest,
                                                     "version": version, "applied_at": now, "why": ""})
         log.info("unlearning applied", extra={"event": "applied", "request": rid, "model": m,
                                               "old": base, "new": new_digest})
+        if self.on_applied is not None:
+            self.on_applied(time.perf_counter() - t0, now - st.get("received_at", now))
+        faults.point("before_receipt", f"{rid}:{m}")
         await self._send_receipt(rid, m, base, new_digest, version)
 
     async def _send_receipt(self, rid: str, m: str, old: str, new: str, version: int) -> None:
@@ -460,18 +546,34 @@ class Agent:
                                 model_fisher_digests=first["model_fisher_digests"],
                                 data_digest=first["data_digest"], previous_digest=old)
         await self.publish_record(lineage)
+        faults.point("after_lineage", f"{rid}:{m}")
         await self.publish_record(receipt)
 
     # -- peers --------------------------------------------------------------------------------
-    def learn_peer(self, hello: bytes) -> str | None:
-        """A hello blob: {"grpc": "host:port", "public_key": hex, "name": ...}. Returns the address."""
+    def _owner_note(self, m: str, doing: str) -> str:
+        """Who must act for model ``m`` and what this peer knows of them, for "why pending" texts."""
+        key = self.view.owner(m) or ""
+        if key == self.identity.public_key_hex:
+            return f"this peer, {doing}"
+        addr = self.peers.get(key)
+        where = f"known at {addr}" if addr else "not heard from since this peer started"
+        return f"owner {key[:12]}, {where}: offline or {doing}"
+
+    def _waiting_for(self, missing: list[str]) -> str:
+        notes = ", ".join(f"{d} ({self._owner_note(d, 'still computing')})" for d in missing)
+        return f"waiting for Fisher announcements from {notes}"
+
+    def learn_peer(self, hello: bytes) -> tuple[str, list[str]] | None:
+        """A hello blob: {"grpc": "host:port", "public_key": hex, "name": ..., "p2p": [multiaddr]}.
+        Returns the peer's gRPC address and its libp2p addresses (empty from older peers)."""
         try:
             info = json.loads(hello)
             key, addr = str(info["public_key"]), str(info["grpc"])
-        except (ValueError, KeyError, TypeError):
+            p2p = [str(a) for a in info.get("p2p", [])][:8]
+        except (ValueError, KeyError, TypeError, AttributeError):
             self.store.incr("rejected_hello")
             return None
         if key == self.identity.public_key_hex:
             return None
         self.peers[key] = addr
-        return addr
+        return addr, p2p

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -16,9 +17,11 @@ lineage records (which model inherits from which) over libp2p; when labels must 
 discovery peers announce an unlearning Fisher, and every affected peer pulls the Fishers it needs over
 gRPC, merges them (Eq. 5) and dampens its own last layer (Eq. 6). No coordinator.
 
-  fiun-peer init  --home DIR --name NAME           create the peer's Ed25519 key (0600)
-  fiun-peer run   --home DIR [--grpc H:P] [--p2p MULTIADDR] [--bootstrap MULTIADDR ...]
-  fiun-peer admin --target H:P status | lineage | publish ... | unlearn ... | request ID [--wait]
+  fiun-peer init  --home DIR --name NAME           create the peer's Ed25519 key and admin token (0600)
+  fiun-peer run   --home DIR [--config FILE] [--grpc H:P] [--p2p MULTIADDR] [--bootstrap ADDR ...]
+                  [--metrics H:P]   every option also FIUN_<OPTION> and a key in HOME/config.toml
+  fiun-peer admin --home DIR | --target H:P --token-file F   status | lineage | publish ... | unlearn ...
+  fiun-peer health --target H:P                    exit 0 when the daemon reports SERVING
 """
 
 
@@ -52,13 +55,48 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--grpc", default="127.0.0.1:0", metavar="HOST:PORT",
                    help="gRPC bind address for admin and peer services (port 0: pick one; see HOME/run.json)")
     r.add_argument("--p2p", default="/ip4/127.0.0.1/tcp/0", metavar="MULTIADDR", help="libp2p listen address")
-    r.add_argument("--bootstrap", nargs="*", default=[], metavar="MULTIADDR",
-                   help="peers to join, e.g. /ip4/127.0.0.1/tcp/4001/p2p/12D3Koo...")
+    r.add_argument("--config", type=Path, metavar="FILE",
+                   help="TOML config file (default: HOME/config.toml if present; env FIUN_CONFIG)")
+    r.add_argument("--bootstrap", nargs="*", default=[], metavar="ADDR",
+                   help="peers to join: a peer's gRPC HOST:PORT (its peer id is asked for), or a full "
+                        "multiaddr, e.g. /ip4/127.0.0.1/tcp/4001/p2p/12D3Koo...")
+    r.add_argument("--advertise-grpc", default="", metavar="HOST:PORT",
+                   help="the gRPC address other peers should use (default: the bound one; for a 0.0.0.0 "
+                        "bind, this host's name)")
+    r.add_argument("--advertise-p2p", nargs="*", default=[], metavar="MULTIADDR",
+                   help="libp2p addresses to advertise instead of the listen address, e.g. /ip4/10.0.0.5/tcp/4001")
+    r.add_argument("--metrics", default="", metavar="HOST:PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)")
     r.add_argument("--sync-interval", type=float, default=5.0, help="seconds between anti-entropy syncs")
     r.add_argument("--log-json", action="store_true", help="one JSON object per log line")
+    r.add_argument("--requester", action="append", default=[], metavar="PUBLIC_KEY",
+                   help="also accept unlearning requests signed by this Ed25519 public key (64 hex; repeatable). "
+                        "Always accepted: this peer's key and every key that owns a model in the lineage")
+    r.add_argument("--admin-cn", action="append", default=[], metavar="NAME",
+                   help="with --tls-client-ca: client-certificate common names allowed to call AdminService "
+                        "(repeatable; default fiun-admin). The HOME/admin.token bearer token works too")
+    r.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve gRPC over TLS with this certificate chain")
+    r.add_argument("--tls-key", type=Path, metavar="PEM", help="the private key of --tls-cert (mode 0600)")
+    r.add_argument("--tls-client-ca", type=Path, metavar="PEM",
+                   help="mTLS: require client certificates signed by this CA (peers then present --tls-cert)")
+    r.add_argument("--tls-ca", type=Path, metavar="PEM",
+                   help="dial other peers over TLS, verifying their certificates against this CA")
+
+    h = sub.add_parser("health", help="ask a daemon's gRPC health service; exit 0 when SERVING")
+    h.add_argument("--target", default="127.0.0.1:50051", metavar="HOST:PORT")
+    h.add_argument("--service", default="", help='service name ("" = the whole daemon)')
+    h.add_argument("--timeout", type=float, default=5.0)
+    h.add_argument("--tls-ca", type=Path, metavar="PEM", help="the daemon serves TLS: verify it against this CA")
 
     a = sub.add_parser("admin", help="call a running daemon's admin API")
-    a.add_argument("--target", required=True, metavar="HOST:PORT", help="the daemon's gRPC address")
+    a.add_argument("--target", metavar="HOST:PORT", help="the daemon's gRPC address (default: from --home's run.json)")
+    a.add_argument("--home", type=Path, metavar="DIR",
+                   help="the peer's home: its admin.token is the credential, run.json the default --target")
+    a.add_argument("--token-file", type=Path, metavar="FILE",
+                   help="file holding the admin token (mode 0600); else --home's admin.token, else $FIUN_ADMIN_TOKEN")
+    a.add_argument("--tls-ca", type=Path, metavar="PEM", help="the daemon serves TLS: verify it against this CA")
+    a.add_argument("--tls-cert", type=Path, metavar="PEM", help="mTLS: present this client certificate")
+    a.add_argument("--tls-key", type=Path, metavar="PEM", help="mTLS: the private key of --tls-cert (mode 0600)")
     a.add_argument("--json", action="store_true", help="print replies as JSON")
     a.add_argument("--timeout", type=float, default=60.0, help="per-call deadline in seconds")
     asub = a.add_subparsers(dest="action", required=True)
@@ -88,36 +126,67 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def peer_main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    resolved = None
+    if argv[:1] == ["run"]:
+        from .config import ConfigError, resolve_run
+
+        try:
+            resolved = resolve_run(build_parser, argv)
+        except ConfigError as exc:
+            print(f"fiun-peer: error: {exc}", file=sys.stderr)
+            return 2
+        args = resolved.args
+    else:
+        args = build_parser().parse_args(argv)
+    if args.command == "health":
+        return _health(args)
     if args.command == "init":
+        from .auth import TOKEN_FILE, AuthError, create_token
         from .identity import Identity, IdentityError
 
         try:
             args.home.mkdir(parents=True, exist_ok=True)
             ident = Identity.create(args.home, args.name)
-        except (IdentityError, OSError) as exc:
+            create_token(args.home)
+            _write_config_template(args.home)
+        except (IdentityError, AuthError, OSError) as exc:
             print(f"fiun-peer: error: {exc}", file=sys.stderr)
             return 2
         print(f"created peer {ident.name!r} in {args.home}\n  public key {ident.public_key_hex}\n"
-              f"  peer id    {ident.peer_id}")
+              f"  peer id    {ident.peer_id}\n  admin token {args.home / TOKEN_FILE}")
         return 0
     if args.command == "run":
         from . import log
+        from .auth import AuthError
         from .daemon import run
         from .identity import IdentityError
+        from .policy import PolicyError
 
         log.setup(name=args.home.name, as_json=args.log_json)
         try:
+            logging.getLogger("fiun_peer.config").info(
+                "configuration", extra={"event": "config", "file": str(resolved.config_file or ""),
+                                        "sources": ",".join(f"{k}={v}" for k, v in resolved.sources.items()
+                                                            if v != "default")})
             run(args.home, grpc_bind=args.grpc, p2p_listen=args.p2p, bootstrap=args.bootstrap,
-                sync_interval=args.sync_interval)
-        except (IdentityError, OSError) as exc:
+                metrics=args.metrics, advertise_grpc=args.advertise_grpc, advertise_p2p=args.advertise_p2p,
+                effective_config=resolved.effective(),
+                sync_interval=args.sync_interval, requesters=args.requester, admin_cns=args.admin_cn,
+                tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca, tls_ca=args.tls_ca)
+        except (IdentityError, AuthError, PolicyError, OSError, ValueError) as exc:
             print(f"fiun-peer: error: {exc}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             return 130
         return 0
+    from .auth import AuthError
+
     try:
         return _admin(args)
+    except AuthError as exc:
+        print(f"fiun-peer: error: {exc}", file=sys.stderr)
+        return 2
     except grpc.RpcError as exc:
         print(f"fiun-peer: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
@@ -126,13 +195,58 @@ def peer_main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _write_config_template(home: Path) -> None:
+    """A commented HOME/config.toml listing every `run` option at its default (kept if present)."""
+    from .config import CONFIG_FILE, commented_template, run_subparser
+
+    path = home / CONFIG_FILE
+    if not path.exists():
+        path.write_text(commented_template(run_subparser(build_parser())), encoding="utf-8")
+
+
+def _health(args: argparse.Namespace) -> int:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from .rpc.channel import open_channel
+
+    tls = None
+    if args.tls_ca:
+        from .auth import ClientTLS
+
+        tls = ClientTLS.from_files(args.tls_ca, None, None)
+    with open_channel(args.target, tls=tls) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout)
+        except grpc.RpcError as exc:
+            print(f"fiun-peer: {args.target}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(f"{args.target} {args.service or '(daemon)'}: {status}")
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
 def _admin(args: argparse.Namespace) -> int:
     from google.protobuf.json_format import MessageToDict
 
-    from .rpc.channel import insecure_channel
+    from .auth import ClientTLS, resolve_token
+    from .rpc.channel import open_channel
     from .rpc.generated.fiun.v1 import admin_pb2, admin_pb2_grpc
 
-    stub = admin_pb2_grpc.AdminServiceStub(insecure_channel(args.target))
+    target = args.target
+    if not target:
+        if args.home is None:
+            raise ValueError("give --target HOST:PORT or --home DIR (a running peer's home)")
+        run_file = args.home / "run.json"
+        try:
+            target = json.loads(run_file.read_text())["grpc"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise ValueError(f"cannot read the peer's address from {run_file} (is it running?): {exc}") from None
+    token = resolve_token(token_file=args.token_file, home=args.home)
+    tls = ClientTLS.from_files(args.tls_ca, args.tls_cert, args.tls_key) if args.tls_ca else None
+    if tls is None and (args.tls_cert or args.tls_key):
+        raise ValueError("--tls-cert/--tls-key need --tls-ca (the CA that signed the daemon's certificate)")
+    stub = admin_pb2_grpc.AdminServiceStub(open_channel(target, tls=tls, token=token))
     t = args.timeout
 
     def show(reply, text: str) -> None:

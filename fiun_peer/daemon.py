@@ -1,8 +1,9 @@
 """`fiun-peer run`: wire identity, store, libp2p gossip, the gRPC server and the agent together.
 
 trio owns the agent and libp2p; grpcio's threaded server calls in through the bridge; torch work
-runs in worker threads. On start the daemon writes ``HOME/run.json`` (its real addresses) once it is
-ready, and removes it on a clean stop.
+runs in worker threads. On start the daemon writes ``HOME/run.json`` (its real addresses and effective
+configuration) once it is ready, then turns gRPC health to SERVING, and removes the file on a clean
+stop. Until then health says NOT_SERVING (the store is open, but libp2p and the agent are not up yet).
 """
 
 from __future__ import annotations
@@ -11,42 +12,101 @@ import functools
 import json
 import logging
 import os
+import random
 import signal
+import socket
 import time
 from pathlib import Path
 
 import torch
 import trio
-from grpc_health.v1 import health, health_pb2
+from grpc_health.v1 import health
 
 from .admin import AdminServicer
 from .agent import Agent
+from .auth import DEFAULT_ADMIN_CN, AdminAuth, AuthError, ClientTLS, ServerTLS, ensure_token
 from .bridge import TrioBridge
-from .gossip import GossipNode
+from .gossip import GossipError, GossipNode
 from .identity import Identity
+from .join import join_via, split_bootstrap
+from .metrics import GossipView, PeerMetrics, parse_bind
+from .policy import RequesterPolicy
 from .rpc.fisher_service import FisherServicer, fetch_blob
-from .rpc.record_service import RecordServicer, sync_records
-from .rpc.server import make_server
+from .rpc.record_service import RecordServicer, identify_peer, push_record, sync_records
+from .rpc.server import make_server, set_serving
 from .store import Store, write_atomic
 
 log = logging.getLogger("fiun_peer.daemon")
 
+#: Dial peers learned from hellos until this many are connected (GossipSub's mesh degree D=6).
+PEER_DEGREE = 6
+#: Concurrent direct pushes of our own records (see ``publish``).
+PUSH_PARALLEL = 8
+#: Peers asked per anti-entropy round (chosen at random, so every pair meets within a few rounds).
+SYNC_FANOUT = 3
+
 
 async def serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str = "/ip4/127.0.0.1/tcp/0",
-                bootstrap: list[str] | None = None, sync_interval: float = 5.0) -> None:
+                bootstrap: list[str] | None = None, sync_interval: float = 5.0,
+                requesters: list[str] | None = None, admin_cns: list[str] | None = None,
+                tls_cert: Path | None = None, tls_key: Path | None = None, tls_client_ca: Path | None = None,
+                tls_ca: Path | None = None, metrics: str = "", advertise_grpc: str = "",
+                advertise_p2p: list[str] | None = None, effective_config: dict | None = None) -> None:
+    """Run one peer until SIGTERM/SIGINT. ``bootstrap`` entries are multiaddrs ending in /p2p/ID or
+    gRPC ``host:port`` addresses of peers (see ``fiun_peer.join``); ``metrics`` is ``HOST:PORT`` for a
+    Prometheus endpoint (empty: none); ``advertise_*`` are the addresses other peers should use when
+    the bind addresses are not reachable as such (0.0.0.0 in a container)."""
     torch.set_num_threads(1)  # the same thread count as the centralized reference: same bits
+    maddrs, grpc_targets = split_bootstrap(list(bootstrap or []))
+    if metrics:
+        parse_bind(metrics)  # a malformed address fails before anything is opened
     identity = Identity.load(home)
+    # Security settings first: a peer that cannot authenticate its admin API must not start.
+    admin_auth = AdminAuth(token=ensure_token(home), admin_cns=frozenset(admin_cns or [DEFAULT_ADMIN_CN]))
+    requester_policy = RequesterPolicy.of(requesters or [])
+    if (tls_cert is None) != (tls_key is None):
+        raise AuthError("TLS needs both --tls-cert and --tls-key")
+    if tls_client_ca is not None and tls_cert is None:
+        raise AuthError("--tls-client-ca (mTLS) needs a server certificate: --tls-cert and --tls-key")
+    server_tls = ServerTLS.from_files(tls_cert, tls_key, tls_client_ca) if tls_cert and tls_key else None
+    # Peers' clients verify other peers' servers with --tls-ca and present our own certificate (which
+    # an mTLS peer requires of every client).
+    client_tls = ClientTLS.from_files(tls_ca, tls_cert, tls_key) if tls_ca else None
     store = Store(home)
     bridge = TrioBridge()
     node: GossipNode | None = None
 
-    async def publish(data: bytes) -> None:
-        if node is not None and node.is_up:
-            await node.publish(data)
+    push_nursery: trio.Nursery | None = None
+    push_slots = trio.CapacityLimiter(PUSH_PARALLEL)
 
-    agent = Agent(identity, store, publish=publish, fetch_blob=fetch_blob)
-    health_servicer = health.HealthServicer()
-    health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    async def push_to(target: str, data: bytes) -> None:
+        try:
+            await trio.to_thread.run_sync(
+                functools.partial(push_record, target, data, timeout=10.0, tls=client_tls), limiter=push_slots)
+        except Exception as exc:  # gossip and anti-entropy still carry it
+            log.debug("push failed", extra={"event": "push_failed", "target": target, "detail": str(exc)})
+
+    async def publish(data: bytes) -> None:
+        # Our own records go straight to every known peer over gRPC first: one hop, whatever the
+        # gossip mesh looks like (and gossip's publish may wait on a slow peer's queue), so a
+        # request's latency does not grow with the lineage's depth. Gossip reaches peers we have
+        # not heard of yet; anti-entropy repairs the rest.
+        if push_nursery is None:  # not started yet: nothing to tell anyone
+            return
+        for target in sorted(set(agent.peers.values())):
+            push_nursery.start_soon(push_to, target, data)
+        if node is not None and node.is_up:
+            push_nursery.start_soon(gossip, data)  # in the background: the agent does not wait on it
+
+    async def gossip(data: bytes) -> None:
+        try:
+            await node.publish(data)  # serialised and paced inside the node, so order is kept
+        except Exception as exc:  # best effort; anti-entropy sync repairs any gap
+            log.warning("gossip publish failed", extra={"event": "publish_failed", "detail": str(exc)})
+
+    agent = Agent(identity, store, publish=publish, fetch_blob=functools.partial(fetch_blob, tls=client_tls),
+                  requesters=requester_policy)
+    health_servicer = health.HealthServicer()  # make_server leaves it NOT_SERVING until we are ready
 
     def status() -> dict:
         return {"name": identity.name, "peer_id": identity.peer_id, "public_key": identity.public_key_hex,
@@ -58,17 +118,25 @@ async def serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str =
     def on_push(envelope: bytes) -> tuple[bool, str, str]:
         return bridge.call_sync(functools.partial(agent.ingest, envelope, source="push"))
 
+    def identify() -> dict:  # RecordService.Identify, from a gRPC thread
+        addrs = bridge.call_sync(lambda: node.listen_addrs if node is not None and node.is_up else [])
+        if not addrs:
+            raise RuntimeError("libp2p is not up yet")
+        return {"peer_id": identity.peer_id, "public_key": identity.public_key_hex, "name": identity.name,
+                "p2p_addresses": addrs, "grpc_address": grpc_address}
+
     server, port = make_server(grpc_bind, AdminServicer(agent, bridge, status), FisherServicer(store),
-                               RecordServicer(store, on_push), health_servicer=health_servicer)
-    host = grpc_bind.rsplit(":", 1)[0]
-    grpc_address = f"{host}:{port}"
+                               RecordServicer(store, on_push, identify), health_servicer=health_servicer,
+                               tls=server_tls, admin_auth=admin_auth, count=store.incr)
+    grpc_address = advertise_grpc or _reachable(grpc_bind, port)
     server.start()
-    hello = json.dumps({"grpc": grpc_address, "public_key": identity.public_key_hex,
-                        "name": identity.name}).encode()
+    hello_info = {"grpc": grpc_address, "public_key": identity.public_key_hex, "name": identity.name}
+    hello = json.dumps(hello_info).encode()
 
     async def sync_with(target: str) -> None:
         try:
-            envelopes = await trio.to_thread.run_sync(sync_records, target, store.record_ids())
+            envelopes = await trio.to_thread.run_sync(
+                functools.partial(sync_records, target, store.record_ids(), tls=client_tls))
         except Exception as exc:  # the peer may be gone; the next round retries
             log.debug("sync failed", extra={"event": "sync_failed", "target": target, "detail": str(exc)})
             return
@@ -78,43 +146,118 @@ async def serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str =
     async def on_message(data: bytes, sender: str) -> None:
         agent.ingest(data, source="gossip")
 
+    dialing: set[str] = set()
+
+    async def dial(sender: str, addrs: list[str]) -> None:
+        dialing.add(sender)
+        try:
+            for addr in addrs:
+                try:
+                    await node.connect(addr)
+                    return
+                except GossipError as exc:
+                    log.debug("dial failed", extra={"event": "dial_failed", "target": addr, "detail": str(exc)})
+        finally:
+            dialing.discard(sender)
+
     async def on_hello(blob: bytes, sender: str) -> None:
-        addr = agent.learn_peer(blob)
-        if addr:
-            nursery.start_soon(sync_with, addr)  # catch up with a new or restarted peer at once
+        learned = agent.learn_peer(blob)
+        if not learned:
+            return
+        addr, p2p = learned
+        nursery.start_soon(sync_with, addr)  # catch up with a new or restarted peer at once
+        # Without this every peer hangs off its bootstrap peer alone (a star): GossipSub prunes the
+        # hub's mesh, and most records then travel only by the slower anti-entropy sync.
+        connected = set(node.connected_peers())
+        wanted = len(connected) + len(dialing) < PEER_DEGREE
+        # Only the smaller peer id dials: two peers dialling each other at once end up with two
+        # connections, and when one closes py-libp2p's pubsub drops the peer for good.
+        if p2p and wanted and identity.peer_id < sender and sender not in connected and sender not in dialing:
+            nursery.start_soon(dial, sender, p2p)
+
+    syncing: set[str] = set()
+
+    async def sync_once(target: str) -> None:
+        if target in syncing:  # still waiting on an unreachable peer from an earlier round
+            return
+        syncing.add(target)
+        try:
+            await sync_with(target)
+        finally:
+            syncing.discard(target)
 
     async def anti_entropy() -> None:
         while True:
             await trio.sleep(sync_interval)
-            for target in sorted(set(agent.peers.values())):
-                await sync_with(target)
+            # Concurrently: in a partition, calls to the far side hang until they fail, and must not
+            # hold up the syncs that keep this side converging (gossip may route via the far side).
+            # A few random peers per round, not all: all-pairs sync is O(N^2) work per interval.
+            targets = sorted(set(agent.peers.values()))
+            for target in random.sample(targets, min(SYNC_FANOUT, len(targets))):
+                nursery.start_soon(sync_once, target)
 
     node = GossipNode(identity.libp2p_keypair(), p2p_listen, on_message=on_message, on_hello=on_hello,
-                      bootstrap=list(bootstrap or []), announce=hello)
+                      bootstrap=maddrs, announce=hello, advertise_addrs=list(advertise_p2p or []))
+
+    def gossip_sample() -> tuple[int, int]:  # for the metrics scrape thread
+        def sample() -> tuple[int, int]:
+            return (len(node.connected_peers()), len(node.mesh_peers())) if node.is_up else (0, 0)
+        return bridge.call_sync(sample)
+
+    peer_metrics = PeerMetrics(store, identity.name, gossip=GossipView(gossip_sample),
+                               known_peers=lambda: len(agent.peers))
+    agent.on_applied = peer_metrics.observe_apply
     run_file = home / "run.json"
     try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(node.run)
-            await nursery.start(agent.run)
-            nursery.start_soon(anti_entropy)
-            health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-            write_atomic(run_file, json.dumps({"grpc": grpc_address, "p2p": node.listen_addrs,
-                                               "peer_id": identity.peer_id, "pid": os.getpid(),
-                                               "started_at": time.time()}).encode())
-            log.info("peer up", extra={"event": "peer_up", "grpc": grpc_address,
-                                       "p2p": ",".join(node.listen_addrs)})
-            agent.kick()  # resume whatever a previous run left half done
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for sig in signals:
-                    log.info("stopping", extra={"event": "peer_stopping", "signal": signal.Signals(sig).name})
-                    nursery.cancel_scope.cancel()
-                    break
+        if metrics:
+            peer_metrics.serve(metrics)
+        # Catch SIGTERM/SIGINT from the start: one that arrives while starting (or right after
+        # run.json appears) is a clean stop, not the default kill.
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope)
+                push_nursery = nursery
+                await nursery.start(node.run)
+                # Our libp2p addresses are known once the host listens: hellos carry them, so peers
+                # that hear of us can dial us directly.
+                node.announce = json.dumps({**hello_info, "p2p": node.listen_addrs}).encode()
+                await nursery.start(agent.run)
+                nursery.start_soon(anti_entropy)
+                for target in grpc_targets:
+                    nursery.start_soon(functools.partial(
+                        join_via, target, own_peer_id=identity.peer_id, connected=node.connected_peers,
+                        connect=node.connect, identify=functools.partial(identify_peer, tls=client_tls)))
+                write_atomic(run_file, json.dumps({"grpc": grpc_address, "p2p": node.listen_addrs,
+                                                   "peer_id": identity.peer_id, "pid": os.getpid(),
+                                                   "metrics": peer_metrics.address,
+                                                   "config": effective_config or {},
+                                                   "started_at": time.time()}).encode())
+                set_serving(health_servicer, True)  # after run.json: SERVING means every address is known
+                log.info("peer up", extra={"event": "peer_up", "grpc": grpc_address,
+                                           "p2p": ",".join(node.listen_addrs), "metrics": peer_metrics.address})
+                agent.kick()  # resume whatever a previous run left half done
     finally:
         health_servicer.enter_graceful_shutdown()
         bridge.close()
         server.stop(grace=1).wait()
+        peer_metrics.close()
         run_file.unlink(missing_ok=True)
         store.close()
+
+
+async def _stop_on_signal(signals, scope: trio.CancelScope) -> None:
+    async for sig in signals:
+        log.info("stopping", extra={"event": "peer_stopping", "signal": signal.Signals(sig).name})
+        scope.cancel()
+        return
+
+
+def _reachable(bind: str, port: int) -> str:
+    """The gRPC address to tell other peers: the bind host, or this machine's name for a wildcard bind."""
+    host = bind.rsplit(":", 1)[0].strip("[]")
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.getfqdn()
+    return f"{host}:{port}"
 
 
 def run(home: Path, **kwargs) -> None:

@@ -1,7 +1,8 @@
 """The peer's durable state: SQLite for records, counters and agent state; files for blobs.
 
 Layout under ``home``: ``store.sqlite`` (WAL, synchronous=FULL: a committed write survives a crash)
-and ``blobs/<2 hex>/<sha256>`` (content-addressed, written atomically). One connection guarded by a
+and ``blobs/<2 hex>/<sha256>`` (content-addressed, written atomically: temp file, fsync, rename;
+temp files a crash leaves behind are removed at the next open). One connection guarded by a
 re-entrant lock makes the store safe to share between the trio loop, gRPC handler threads and torch
 workers; :meth:`Store.transaction` groups several writes into one atomic step.
 """
@@ -20,11 +21,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from fiun_peer import faults
 from fiun_peer.records import Record, is_digest, parse_record, record_id_of
 
 DB_FILE = "store.sqlite"
 BLOB_DIR = "blobs"
 _COPY_CHUNK = 1 << 20
+TMP_SUFFIX = ".tmp"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -56,13 +59,18 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o600) -> None:
     """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one, whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            view, half = memoryview(data), len(data) // 2
+            fh.write(view[:half])
+            fh.flush()
+            faults.point("mid_write", path.name)  # a crash here leaves half a temp file, never a torn blob
+            fh.write(view[half:])
             fh.flush()
             os.fchmod(fh.fileno(), mode)
             os.fsync(fh.fileno())
+        faults.point("before_rename", path.name)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -77,6 +85,7 @@ class Store:
         self.home = Path(home)
         self.blob_root = self.home / BLOB_DIR
         self.blob_root.mkdir(parents=True, exist_ok=True)
+        self.removed_temp_files = self._remove_temp_files()
         self._lock = threading.RLock()
         self._depth = 0
         # Parsed-record cache: record content is immutable (id = hash), so entries never go stale.
@@ -90,6 +99,15 @@ class Store:
                 self._db.execute(statement)
 
     # -- lifecycle ------------------------------------------------------------------------------------
+
+    def _remove_temp_files(self) -> int:
+        """Delete half-written blob temp files a crash left behind (a store has one owner process,
+        so at open no write can be in flight). They were never visible under a digest."""
+        removed = 0
+        for tmp in [*self.blob_root.glob(f"*/.*{TMP_SUFFIX}"), *self.blob_root.glob(f"incoming/*{TMP_SUFFIX}")]:
+            tmp.unlink(missing_ok=True)
+            removed += 1
+        return removed
 
     def close(self) -> None:
         with self._lock:
@@ -111,6 +129,8 @@ class Store:
             self._depth += 1
             try:
                 yield
+                if outer:
+                    faults.point("before_commit")  # a crash here must roll the whole step back
             except BaseException:
                 self._depth -= 1
                 if outer:

@@ -1,9 +1,11 @@
-"""`fiun-sim`: run the paper's experiments. `centralized` runs Algorithm 1 in one process."""
+"""`fiun-sim`: run the paper's experiments. `centralized` runs Algorithm 1 in one process; `network`
+runs it on real peer processes and compares the two bit for bit."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 
 from fiun_peer.core.fisher import ESTIMATORS
 from fiun_peer.core.fiun import NORMALIZATIONS, FIUnSettings
@@ -38,9 +40,11 @@ def add_experiment_args(p: argparse.ArgumentParser) -> None:
                    help="labels to unlearn, comma-separated, e.g. 2,9 (default 2)")
     p.add_argument("--estimator", choices=ESTIMATORS, default=d.estimator,
                    help=f"Fisher estimator (default {d.estimator}; the paper's code uses batch)")
-    p.add_argument("--tau", type=float, default=d.tau, help=f"Eq. 6 dampening constant (default {d.tau})")
-    p.add_argument("--gamma", type=float, default=d.gamma, help=f"Eq. 6 selection threshold (default {d.gamma})")
-    p.add_argument("--eta", type=float, default=d.eta, help=f"Eq. 6 cap on the scale factor (default {d.eta})")
+    pa = FIUnSettings.paper()
+    p.add_argument("--tau", type=float, help=f"Eq. 6 dampening constant (default {d.tau}; --paper {pa.tau})")
+    p.add_argument("--gamma", type=float,
+                   help=f"Eq. 6 selection threshold (default {d.gamma}; --paper {pa.gamma})")
+    p.add_argument("--eta", type=float, help=f"Eq. 6 cap on the scale factor (default {d.eta}; --paper {pa.eta})")
     p.add_argument("--normalize", choices=NORMALIZATIONS, default=d.normalize,
                    help=f"rescale each Fisher by its mean before Eq. 6 (default {d.normalize}; none = paper)")
     p.add_argument("--per-label", dest="per_label", action=argparse.BooleanOptionalAction, default=d.per_label,
@@ -54,12 +58,14 @@ def add_experiment_args(p: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(a: argparse.Namespace) -> FIUnSettings:
+    """--paper gives FIUnSettings.paper() (tau, gamma, eta still overridable); otherwise the defaults
+    with the options given."""
     if a.paper:
         base = FIUnSettings.paper()
-        return FIUnSettings(estimator=base.estimator, tau=a.tau, gamma=a.gamma, eta=a.eta,
-                            normalize=base.normalize, per_label=base.per_label)
-    return FIUnSettings(estimator=a.estimator, tau=a.tau, gamma=a.gamma, eta=a.eta, normalize=a.normalize,
-                        per_label=a.per_label)
+    else:
+        base = replace(FIUnSettings(), estimator=a.estimator, normalize=a.normalize, per_label=a.per_label)
+    given = {k: getattr(a, k) for k in ("tau", "gamma", "eta") if getattr(a, k) is not None}
+    return replace(base, **given)
 
 
 def config_from_args(a: argparse.Namespace):
@@ -77,6 +83,24 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("centralized", help="train a topology, run Algorithm 1 in one process, compare with "
                        "re-training and the baselines, print the paper-style table")
     add_experiment_args(c)
+    n = sub.add_parser("network", help="the same experiment on real fiun-peer processes on loopback: the "
+                       "harness publishes the models, sends ONE request and only observes; the table adds "
+                       "per-node peer times and a bit-for-bit comparison with the centralized run",
+                       description=NETWORK_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_experiment_args(n)
+    n.add_argument("--peers", type=int, metavar="N",
+                   help="number of peers (default: one per model). With fewer, the first N-1 models get a "
+                        "peer each and the last peer owns the rest (fl --peers 6: five clients and a server "
+                        "owning g, a, b)")
+    n.add_argument("--peers-per-process", type=int, default=1, metavar="N",
+                   help="run N peers in one OS process (default 1: every peer is its own `fiun-peer run`); "
+                        "for large networks")
+    n.add_argument("--keep-homes", metavar="DIR",
+                   help="create the peers' homes (keys, stores, logs) in DIR, which must be new or empty, and "
+                        "keep them; default: a temporary folder, removed afterwards")
+    n.add_argument("--sync-interval", type=float, default=2.0, help="peers' anti-entropy interval, s (default 2)")
+    n.add_argument("--timeout", type=float, default=600.0,
+                   help="seconds to wait for every affected model's receipt (default 600)")
     e = sub.add_parser("export", help="train a topology and write each model's weights and own data as "
                        "safetensors files, ready for `fiun-peer admin publish`")
     add_experiment_args(e)
@@ -98,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
                 write_json(result, args.json)
                 print(f"\nwrote {args.json}")
             return 0
+        if args.command == "network":
+            return _network(args, cfg)
         if args.command == "export":
             from .export import export_stage
 
@@ -108,6 +134,72 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fiun-sim: error: {exc}", file=sys.stderr)
         return 2
     return 1
+
+
+NETWORK_HELP = """\
+Every model is owned by a real `fiun-peer` process on loopback. The harness trains the topology,
+starts the peers, publishes each model through its owner's admin API, waits until every peer knows
+the whole lineage, submits ONE unlearning request (with these FIUn settings) to the first peer, and
+then only polls GetRequest: the peers locate, announce Fishers, pull, merge, dampen and sign
+receipts. Then it fetches each new version from its owner and compares it with Algorithm 1 run
+in-process on the same inputs (torch.equal), and evaluates it on the same splits as `centralized`.
+
+Output: the paper-style table with the network's FIUn columns, per-node received/applied times
+(seconds after the request was sent) and equals_centralized; --json writes the `centralized` schema
+plus those fields. Progress goes to stderr (one line on a terminal). Every peer process is stopped at
+the end, also on failure, Ctrl-C or SIGTERM (exit 130/143); a peer that dies is reported with its
+log tail (exit 1). The exit status is 1 as well when any node's weights differ from the centralized run.
+"""
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C so that the peers are stopped."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise _Terminated()
+
+
+def _network(args: argparse.Namespace, cfg) -> int:
+    import signal
+
+    import grpc
+
+    from .harness import NetworkOptions, run_network
+    from .progress import NetworkProgress
+    from .report import format_table, write_json
+
+    if args.peers_per_process < 1:
+        raise ValueError("--peers-per-process must be >= 1")
+    opts = NetworkOptions(peers=args.peers, peers_per_process=args.peers_per_process, homes=args.keep_homes,
+                          sync_interval=args.sync_interval, timeout=args.timeout)
+    progress = NetworkProgress(enabled=not args.quiet)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        result = run_network(cfg, opts, progress)
+    except KeyboardInterrupt as exc:
+        progress.close()
+        term = isinstance(exc, _Terminated)
+        print(f"fiun-sim: {'terminated' if term else 'interrupted'}; every peer process was stopped",
+              file=sys.stderr)
+        return 143 if term else 130
+    except (RuntimeError, TimeoutError) as exc:
+        progress.close()
+        print(f"fiun-sim: network run failed (every peer process was stopped): {exc}", file=sys.stderr)
+        return 1
+    except grpc.RpcError as exc:
+        progress.close()
+        print(f"fiun-sim: a peer's admin API failed (every peer process was stopped): {exc.code().name}: "
+              f"{exc.details()}", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    progress.close()
+    print(format_table(result))
+    if args.json:
+        write_json(result, args.json)
+        print(f"\nwrote {args.json}")
+    return 0 if result["equals_centralized"] else 1
 
 
 if __name__ == "__main__":

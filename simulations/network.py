@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 
 from fiun_peer.rpc.generated.fiun.v1 import admin_pb2
 from fiun_peer.tensors import to_bytes
@@ -18,10 +19,11 @@ def architecture(stage: Stage) -> dict:
             "num_classes": stage.ds.num_classes}
 
 
-def publish_stage(stage: Stage, owners: dict[str, Peer], *, timeout: float = 60.0) -> dict[str, str]:
+def publish_stage(stage: Stage, owners: dict[str, Peer], *, timeout: float = 60.0,
+                  on_published: Callable[[str], None] | None = None) -> dict[str, str]:
     """Publish each model of the stage that has an owner in ``owners``, parents first. Before a child
     is published, waits until its owner has heard (by gossip) of all its parents. Returns model id ->
-    digest."""
+    digest; ``on_published(model_id)`` is called after each."""
     arch = json.dumps(architecture(stage))
     digests = {}
     for spec in (s for s in stage.nodes if s.id in owners):
@@ -41,4 +43,6 @@ def publish_stage(stage: Stage, owners: dict[str, Peer], *, timeout: float = 60.
             parents=[admin_pb2.Parent(model_id=p, relation=spec.relation or "finetune") for p in spec.parents]),
             timeout=120)
         digests[spec.id] = reply.model_digest
+        if on_published:
+            on_published(spec.id)
     return digests

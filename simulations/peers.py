@@ -1,7 +1,9 @@
 """Start and stop real `fiun-peer` processes on loopback (used by tests and `fiun-sim network`).
 
 Each peer gets its own home, a gRPC port and a libp2p address picked by the OS (port 0; the daemon
-reports them in HOME/run.json). Every process started is stopped on exit, also on error or Ctrl-C.
+reports them in HOME/run.json). By default every peer is its own process (`fiun-peer run`); with
+``peers_per_process=N`` consecutive peers share one process (``simulations.multipeer``), so large
+networks fit in memory. Every process started is stopped on exit, also on error or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -9,15 +11,19 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 
-from fiun_peer.rpc.channel import insecure_channel
+from fiun_peer.auth import TOKEN_FILE, load_token
+from fiun_peer.identity import Identity
+from fiun_peer.rpc.channel import open_channel
 from fiun_peer.rpc.generated.fiun.v1 import admin_pb2, admin_pb2_grpc
 
 
@@ -29,11 +35,17 @@ class Peer:
     grpc: str = ""
     p2p: list[str] = field(default_factory=list)
     _channel: grpc.Channel | None = None
+    log_path: Path | None = None  # the log of the process it runs in (shared when peers share one)
+    # For `start`: the address to bind gRPC and libp2p to, a command prefix (e.g. `ip netns exec NS`)
+    # and extra environment (e.g. FIUN_FAILPOINTS) for this peer's own process.
+    host: str = "127.0.0.1"
+    prefix: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def admin(self) -> admin_pb2_grpc.AdminServiceStub:
-        if self._channel is None:
-            self._channel = insecure_channel(self.grpc)
+        if self._channel is None:  # admin calls carry the peer's own token (HOME/admin.token)
+            self._channel = open_channel(self.grpc, token=load_token(self.home / TOKEN_FILE))
         return admin_pb2_grpc.AdminServiceStub(self._channel)
 
     def close_channel(self) -> None:
@@ -46,23 +58,40 @@ def _cli() -> list[str]:
     return [sys.executable, "-m", "fiun_peer.cli"]
 
 
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
 class PeerCluster:
-    """``with PeerCluster(root, n) as c:`` starts n peers (the first is everyone's bootstrap)."""
+    """``with PeerCluster(root, names) as c:`` starts one peer per name (the first is everyone's
+    bootstrap). ``peers_per_process=N`` packs N consecutive peers into one process; stopping one of
+    them then stops its process-mates too. ``on_ready(peer)`` is called as each peer comes up."""
 
     def __init__(self, root: Path, names: list[str], *, sync_interval: float = 2.0, log_json: bool = False,
-                 startup_timeout: float = 60.0) -> None:
+                 startup_timeout: float = 120.0, peers_per_process: int = 1,
+                 on_ready: Callable[[Peer], None] | None = None) -> None:
+        if peers_per_process < 1:
+            raise ValueError("peers_per_process must be >= 1")
         self.root = Path(root)
         self.peers = [Peer(n, self.root / n) for n in names]
         self.sync_interval = sync_interval
         self.log_json = log_json
         self.startup_timeout = startup_timeout
+        self.peers_per_process = peers_per_process
+        self.on_ready = on_ready
 
     def __enter__(self) -> PeerCluster:
         try:
-            for i, p in enumerate(self.peers):
-                self.start(p, bootstrap=self.peers[0].p2p if i else [])
-                if i == 0:
-                    self.wait_ready(p)
+            self.init_all(self.peers)
+            k = self.peers_per_process
+            groups = [self.peers[i:i + k] for i in range(0, len(self.peers), k)]
+            # All processes start at once: the first peer's libp2p address is fixed in advance (a free
+            # port, and the peer id from its key), and the others' bootstrap dials retry until it is up.
+            first = self.peers[0]
+            port = _free_port(first.host)
+            boot = [f"/ip4/{first.host}/tcp/{port}/p2p/{Identity.load(first.home).peer_id}"]
+            for i, group in enumerate(groups):
+                self.start_group(group, bootstrap=boot if i else [], first_p2p_port=0 if i else port)
             for p in self.peers:
                 self.wait_ready(p)
         except BaseException:
@@ -73,25 +102,69 @@ class PeerCluster:
     def __exit__(self, *exc: object) -> None:
         self.stop_all()
 
-    def init(self, peer: Peer) -> None:
-        if not (peer.home / "identity.key").exists():
-            subprocess.run([*_cli(), "init", "--home", str(peer.home), "--name", peer.name], check=True,
-                           capture_output=True)
+    def processes(self) -> list[subprocess.Popen]:
+        """Every distinct process this cluster started (alive or not)."""
+        seen: dict[int, subprocess.Popen] = {}
+        for p in self.peers:
+            if p.proc is not None:
+                seen.setdefault(id(p.proc), p.proc)
+        return list(seen.values())
 
-    def start(self, peer: Peer, *, bootstrap: list[str] | None = None) -> Peer:
+    def init(self, peer: Peer) -> None:
+        self.init_all([peer])
+
+    def init_all(self, peers: list[Peer], *, parallel: int = 8) -> None:
+        """`fiun-peer init` for every peer without an identity yet, a few at a time."""
+        todo = [p for p in peers if not (p.home / "identity.key").exists()]
+        for i in range(0, len(todo), parallel):
+            procs = [(p, subprocess.Popen([*_cli(), "init", "--home", str(p.home), "--name", p.name],
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+                     for p in todo[i:i + parallel]]
+            for p, proc in procs:
+                out, _ = proc.communicate()
+                if proc.returncode != 0:
+                    raise RuntimeError(f"fiun-peer init for {p.name} failed ({proc.returncode}): "
+                                       f"{out.decode(errors='replace')[-2000:]}")
+
+    def start(self, peer: Peer, *, bootstrap: list[str] | None = None, p2p_port: int = 0) -> Peer:
+        """Start one peer in its own process (also used to restart a stopped peer)."""
         self.init(peer)
         (peer.home / "run.json").unlink(missing_ok=True)
-        args = [*_cli(), "run", "--home", str(peer.home), "--grpc", "127.0.0.1:0",
-                "--sync-interval", str(self.sync_interval)]
+        args = [*peer.prefix, *_cli(), "run", "--home", str(peer.home), "--grpc", f"{peer.host}:0",
+                "--p2p", f"/ip4/{peer.host}/tcp/{p2p_port}", "--sync-interval", str(self.sync_interval)]
         if bootstrap:
             args += ["--bootstrap", *bootstrap]
         if self.log_json:
             args.append("--log-json")
-        log = open(peer.home / "peer.log", "ab")  # noqa: SIM115 - lives as long as the process
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-        peer.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env,
+        peer.log_path = peer.home / "peer.log"
+        log = open(peer.log_path, "ab")  # noqa: SIM115 - lives as long as the process
+        peer.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env={**_env(), **peer.env},
                                      start_new_session=True)
+        log.close()  # the child holds its own descriptor
         return peer
+
+    def start_group(self, peers: list[Peer], *, bootstrap: list[str] | None = None,
+                    first_p2p_port: int = 0) -> list[Peer]:
+        """Start ``peers`` in one process (one `fiun-peer run` when there is just one)."""
+        if len(peers) == 1:
+            return [self.start(peers[0], bootstrap=bootstrap, p2p_port=first_p2p_port)]
+        self.init_all(peers)
+        for p in peers:
+            (p.home / "run.json").unlink(missing_ok=True)
+        args = [sys.executable, "-m", "simulations.multipeer", "--sync-interval", str(self.sync_interval),
+                "--first-p2p-port", str(first_p2p_port)]
+        if bootstrap:
+            args += ["--bootstrap", *bootstrap]
+        if self.log_json:
+            args.append("--log-json")
+        args += [str(p.home) for p in peers]
+        log_path = self.root / f"process-{peers[0].name}.log"
+        log = open(log_path, "ab")  # noqa: SIM115 - handed to the child
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
+        log.close()
+        for p in peers:
+            p.proc, p.log_path = proc, log_path
+        return peers
 
     def wait_ready(self, peer: Peer) -> Peer:
         deadline = time.monotonic() + self.startup_timeout
@@ -101,31 +174,37 @@ class PeerCluster:
                 raise RuntimeError(f"peer {peer.name} exited with {peer.proc.returncode}:\n{self.log_tail(peer)}")
             if run_file.exists():
                 info = json.loads(run_file.read_text())
+                ready = not peer.grpc or peer.grpc != info["grpc"]
                 peer.grpc, peer.p2p = info["grpc"], info["p2p"]
+                if ready and self.on_ready:
+                    self.on_ready(peer)
                 return peer
             time.sleep(0.1)
         raise TimeoutError(f"peer {peer.name} not ready after {self.startup_timeout}s:\n{self.log_tail(peer)}")
 
     def log_tail(self, peer: Peer, lines: int = 30) -> str:
-        path = peer.home / "peer.log"
+        path = peer.log_path or peer.home / "peer.log"
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
-    def stop(self, peer: Peer, *, kill: bool = False, timeout: float = 10.0) -> None:
-        peer.close_channel()
-        if peer.proc is None or peer.proc.poll() is not None:
-            return
-        try:
-            os.killpg(peer.proc.pid, signal.SIGKILL if kill else signal.SIGTERM)
-            peer.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(peer.proc.pid, signal.SIGKILL)
-            peer.proc.wait(timeout=timeout)
-        except ProcessLookupError:
-            pass
-
-    def stop_all(self) -> None:
+    def check_alive(self) -> None:
+        """Raise with the log tail if any started peer process has exited."""
         for p in self.peers:
-            self.stop(p)
+            if p.proc is not None and p.proc.poll() is not None:
+                raise RuntimeError(f"peer {p.name} exited with {p.proc.returncode}:\n{self.log_tail(p)}")
+
+    def stop(self, peer: Peer, *, kill: bool = False, timeout: float = 10.0) -> None:
+        for p in self.peers:
+            if p.proc is peer.proc:
+                p.close_channel()
+        peer.close_channel()
+        if peer.proc is not None:
+            _stop_processes([peer.proc], kill=kill, timeout=timeout)
+
+    def stop_all(self, *, timeout: float = 10.0) -> None:
+        """SIGTERM every process group at once, then wait (SIGKILL after ``timeout``)."""
+        for p in self.peers:
+            p.close_channel()
+        _stop_processes(self.processes(), timeout=timeout)
 
     def add(self, name: str) -> Peer:
         """Start one more peer (a late joiner), bootstrapped to the first."""
@@ -149,6 +228,7 @@ class PeerCluster:
                     on_progress(reply)
                 if reply.done:
                     return reply
+            self.check_alive()
             time.sleep(0.3)
         raise TimeoutError(f"request {request_id} not done on {peer.name} after {timeout}s: {reply}")
 
@@ -158,5 +238,42 @@ class PeerCluster:
             n = len(peer.admin.ListLineage(admin_pb2.ListLineageRequest(), timeout=10).models)
             if n >= count:
                 return
+            self.check_alive()
             time.sleep(0.2)
         raise TimeoutError(f"{peer.name} knows fewer than {count} models after {timeout}s")
+
+
+def _free_port(host: str) -> int:
+    """A TCP port the OS considers free right now (the peer binds it a moment later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _stop_processes(procs: list[subprocess.Popen], *, kill: bool = False, timeout: float = 10.0) -> None:
+    live = [p for p in procs if p.poll() is None]
+    for p in live:
+        try:
+            os.killpg(p.pid, signal.SIGKILL if kill else signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    try:
+        for p in live:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _kill(p)
+                p.wait(timeout=timeout)
+    except BaseException:  # e.g. a second Ctrl-C while waiting: do not leave anything running
+        for p in live:
+            if p.poll() is None:
+                _kill(p)
+        raise
+
+
+def _kill(p: subprocess.Popen) -> None:
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

@@ -1,4 +1,5 @@
-"""Paper-style tables (Tables 1-5) and the JSON writer for a centralized or network run."""
+"""Paper-style tables (Tables 1-5) and the JSON writer for a centralized or network run (which adds
+per-node peer times and the bit-for-bit comparison with the centralized run)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,10 @@ def format_table(result: dict) -> str:
     cfg = result["config"]
     s = cfg["settings"]
     topo = cfg.get("topology_file") or cfg.get("framework")
+    net = result.get("network")
+    fiun_where = " (network)" if net else ""
+    net_head = f" | {'peer times (s)':^17} | {'=central':^8}" if net else ""
+    net_sub = f"{'':<28} | {'recv':>7} {'applied':>8} |" if net else ""
     lines = [
         f"FIUn on {cfg['dataset']} / {cfg['model']} / {topo}: forget labels {cfg['forget']} "
         f"(seed {cfg['seed']}; estimator={s['estimator']} tau={s['tau']} gamma={s['gamma']} eta={s['eta']} "
@@ -31,11 +36,11 @@ def format_table(result: dict) -> str:
         "Accuracy in % on each model's training data (AD_r: retained labels, AD_f: forgotten), "
         "test-set AD in brackets; MIA % of forget samples called members (lower is better).",
         "",
-        f"{'model':<6} {'role':<9} | {'original':^23} | {'re-training':^23} | {'FIUn':^23} | "
-        f"{'MIA orig/retr/FIUn':^20} | {'cum. time (s) retrain / FIUn':^28}",
+        f"{'model':<6} {'role':<9} | {'original':^23} | {'re-training':^23} | {'FIUn' + fiun_where:^23} | "
+        f"{'MIA orig/retr/FIUn':^20} | {'cum. time (s) retrain / FIUn':^28}" + net_head,
         f"{'':<6} {'':<9} | {'AD_r':>6} {'AD_f':>6} {'test_r':>9} | {'AD_r':>6} {'AD_f':>6} {'test_r':>9} | "
-        f"{'AD_r':>6} {'AD_f':>6} {'test_r':>9} | {'':^20} |",
-        "-" * 150,
+        f"{'AD_r':>6} {'AD_f':>6} {'test_r':>9} | {'':^20} |" + net_sub,
+        "-" * (150 + len(net_head)),
     ]
     for n in result["nodes"]:
         o, r, f = n["original"], n["retrain"], n["fiun"]
@@ -45,20 +50,39 @@ def format_table(result: dict) -> str:
             f"{_f(r['ad_r'])} {_f(r['ad_f'])} ({_f(r['test_ad_r'])}) | "
             f"{_f(f['ad_r'])} {_f(f['ad_f'])} ({_f(f['test_ad_r'])}) | "
             f"{_f(o['mia'], 5)} {_f(r['mia'], 5)} {_f(f['mia'], 5)}  | "
-            f"{n['retrain_cumulative_seconds']:>10.3f} / {n['fiun_cumulative_seconds']:.4f}")
-    lines += ["", f"total unlearning time: re-training {result['retrain_seconds']:.3f} s, "
-                  f"FIUn {result['fiun_seconds']:.4f} s  ->  FIUn is {result['speedup']:.0f}x faster"]
+            f"{n['retrain_cumulative_seconds']:>10.3f} / {_t(n['fiun_cumulative_seconds'])}"
+            + (f"{'':<8} | {_t(n['received_at'], 7)} {_t(n['applied_at'], 8)} | "
+               f"{'yes' if n['equals_centralized'] else 'NO':^8}" if net else ""))
+    if net:
+        lines += ["", f"network: {net['peers']} peers in {net['processes']} processes on loopback, request "
+                      f"{net['request_id']} sent to {net['submitted_to']}; peer times are seconds after it was sent",
+                  f"equals_centralized: {'true' if result['equals_centralized'] else 'FALSE'} (every new version "
+                  f"torch.equal to Algorithm 1 in-process: "
+                  f"{sum(n['equals_centralized'] for n in result['nodes'])}/{len(result['nodes'])} nodes)",
+                  f"total unlearning time: re-training {result['retrain_seconds']:.3f} s (sequential), "
+                  f"FIUn on the network {result['fiun_seconds']:.3f} s from request to last receipt "
+                  f"(in-process {result['centralized_fiun_seconds']:.4f} s)  ->  network FIUn is "
+                  f"{result['speedup']:.0f}x faster"]
+    else:
+        lines += ["", f"total unlearning time: re-training {result['retrain_seconds']:.3f} s, "
+                      f"FIUn {result['fiun_seconds']:.4f} s  ->  FIUn is {result['speedup']:.0f}x faster"]
     if "baselines" in result:
         lines += ["", f"{'method':<16} {'mean Δacc':>10} {'time (s)':>10} {'FIUn speed-up':>14}"]
         fiun_delta = _mean_delta(result["nodes"], "fiun")
         retr_delta = _mean_delta(result["nodes"], "retrain")
         lines.append(f"{'FIUn':<16} {fiun_delta:>10.3f} {result['fiun_seconds']:>10.4f} {'1x':>14}")
+        x = result["speedup"]
         lines.append(f"{'re-training':<16} {retr_delta:>10.3f} {result['retrain_seconds']:>10.3f} "
-                     f"{result['speedup']:>13.0f}x")
+                     f"{x:>13.{0 if x >= 10 else 1}f}x")
         for name, b in result["baselines"].items():
             d = "n/a" if b["delta_acc"] is None else f"{b['delta_acc']:.3f}"
-            lines.append(f"{name:<16} {d:>10} {b['seconds']:>10.3f} {b['fiun_speedup']:>13.0f}x")
+            x = b["fiun_speedup"]
+            lines.append(f"{name:<16} {d:>10} {b['seconds']:>10.3f} {x:>13.{0 if x >= 10 else 1}f}x")
     return "\n".join(lines)
+
+
+def _t(v: float | None, width: int = 0) -> str:
+    return f"{'n/a':>{width}}" if v is None else f"{v:>{width}.4f}"
 
 
 def _mean_delta(nodes: list[dict], key: str) -> float:

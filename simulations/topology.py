@@ -109,6 +109,65 @@ def chain(depth: int, num_classes: int = 10, epochs: int = 5) -> list[NodeSpec]:
     return _validate(nodes, num_classes)
 
 
+def _descendant_share(n_descendants: int, root_share: float, share: float | None) -> float:
+    if share is None:
+        return (1.0 - root_share) / max(n_descendants, 1)
+    if share * n_descendants > 1.0 - root_share + 1e-9:
+        raise TopologyError(f"{n_descendants} descendants of share {share} need more data than the root leaves")
+    return share
+
+
+def root_chain(depth: int, *, root_only: tuple[int, ...] = (2, 5, 9), num_classes: int = 10,
+               epochs: int = 5, root_share: float = 0.2, share: float | None = None) -> list[NodeSpec]:
+    """A fine-tuning chain n0 -> n1 -> ... -> n``depth`` where only the root n0 holds the labels
+    ``root_only``: a request for any of them has n0 as its single discovery node and every other
+    model as an inherited node (Hyper-Distance, where the forget data sits ``depth`` hops upstream).
+    ``share`` fixes each descendant's data share (default: the rest split evenly, so the total data
+    along the chain, hence re-training's work, would not grow with depth)."""
+    if depth < 1:
+        raise TopologyError("depth must be >= 1")
+    rest = tuple(c for c in range(num_classes) if c not in set(root_only))
+    share = _descendant_share(depth, root_share, share)
+    nodes = [NodeSpec("n0", (), None, tuple(range(num_classes)), share=root_share, epochs=max(epochs, 10))]
+    nodes += [NodeSpec(f"n{i}", (f"n{i - 1}",), "finetune", rest, share=share, epochs=epochs)
+              for i in range(1, depth + 1)]
+    return _validate(nodes, num_classes)
+
+
+def binary_tree(depth: int, *, root_only: tuple[int, ...] = (2, 5, 9), num_classes: int = 10,
+                epochs: int = 5, root_share: float = 0.2, share: float | None = None) -> list[NodeSpec]:
+    """A binary tree of depth ``depth`` kept to 2·depth + 1 models (a full one would need
+    2^(depth+1) - 1): the spine n0 -> n1 -> ... -> n``depth`` of :func:`root_chain`, where every
+    spine node n(i-1) also has a second child, the leaf l``i``. So every inner node has two
+    children, the deepest models are ``depth`` hops from the root, and each level adds a branch.
+    Only the root holds ``root_only``; every other model inherits the forget data."""
+    if depth < 1:
+        raise TopologyError("depth must be >= 1")
+    rest = tuple(c for c in range(num_classes) if c not in set(root_only))
+    share = _descendant_share(2 * depth, root_share, share)
+    nodes = [NodeSpec("n0", (), None, tuple(range(num_classes)), share=root_share, epochs=max(epochs, 10))]
+    for i in range(1, depth + 1):
+        nodes.append(NodeSpec(f"n{i}", (f"n{i - 1}",), "finetune", rest, share=share, epochs=epochs))
+        nodes.append(NodeSpec(f"l{i}", (f"n{i - 1}",), "finetune", rest, share=share, epochs=epochs))
+    return _validate(nodes, num_classes)
+
+
+def fl_n(n_clients: int, *, num_classes: int = 10, epochs: int = 10, children: int = 0) -> list[NodeSpec]:
+    """Federated learning with ``n_clients`` clients c1..cN (all labels, equal disjoint shares) whose
+    FedAvg is the global model g, optionally followed by a fine-tuning chain of ``children`` next
+    rounds r1..rK. ``n_clients`` + 1 + ``children`` models (the Scale experiment: one peer each).
+    Every client holds every label, so each one is a discovery node for any request."""
+    if n_clients < 1 or children < 0:
+        raise TopologyError("need n_clients >= 1 and children >= 0")
+    labels = tuple(range(num_classes))
+    share = 0.9 / (n_clients + children)  # 10% left over for g's own data (its model Fisher)
+    clients = [NodeSpec(f"c{i}", (), None, labels, share=share, epochs=epochs) for i in range(1, n_clients + 1)]
+    nodes = clients + [NodeSpec("g", tuple(c.id for c in clients), "aggregate", labels, share=0.1 / 2, epochs=0)]
+    for k in range(1, children + 1):
+        nodes.append(NodeSpec(f"r{k}", (nodes[-1].id,), "finetune", labels, share=share, epochs=epochs))
+    return _validate(nodes, num_classes)
+
+
 def from_json(path: str | Path, num_classes: int) -> list[NodeSpec]:
     try:
         doc = json.loads(Path(path).read_text())

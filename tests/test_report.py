@@ -261,3 +261,83 @@ def test_speedup_lines_and_mlp_note():
     assert "1.00–1.00 s" in note and "10.00–10.00 ms per node in the 1 MLP cells" in note
     assert "1 of 2 MLP cells reach it" in note and "0 of 1 cells reach it" in note
     assert rmd.speedup_note([rmd.cell_summary(single_ok())]) == ""
+
+
+# ---------------------------------------------------------------- network runs (fiun-sim network)
+
+def network_run(equal_b=True):
+    r = single_ok()  # nodes g (discovery), a (inherited)
+    times = {"g": (0.05, 0.25, 0.30), "a": (0.10, 0.75, 0.75)}
+    for n in r["nodes"]:
+        recv, applied, seen = times[n["id"]]
+        n.update({"received_at": recv, "applied_at": applied, "receipt_seen_at": seen,
+                  "fiun_cumulative_seconds": applied, "centralized_fiun": dict(n["fiun"]),
+                  "centralized_fiun_cumulative_seconds": 0.002, "owner": f"peer-{n['id']}",
+                  "equals_centralized": n["id"] != "a" or equal_b})
+    r["centralized_fiun_seconds"], r["fiun_seconds"] = 0.005, 0.75
+    r["speedup"] = r["retrain_seconds"] / r["fiun_seconds"]
+    r["equals_centralized"] = equal_b
+    r["network"] = {"peers": 2, "processes": 1, "peers_per_process": 2, "submitted_to": "peer-g",
+                    "request_id": "fiun-sim-s0-f2", "owners": {"peer-g": ["g"], "peer-a": ["a"]}}
+    return r
+
+
+def test_format_table_network_columns_and_summary():
+    text = format_table(network_run())
+    lines = text.splitlines()
+    assert "FIUn (network)" in lines[3] and "peer times (s)" in lines[3] and "=central" in lines[3]
+    g_row = next(ln for ln in lines if ln.startswith("g "))
+    a_row = next(ln for ln in lines if ln.startswith("a "))
+    assert "0.500 / 0.2500" in g_row and g_row.split("|")[-2].split() == ["0.0500", "0.2500"]
+    assert a_row.split("|")[-2].split() == ["0.1000", "0.7500"] and a_row.split("|")[-1].strip() == "yes"
+    assert "2 peers in 1 processes" in text and "sent to peer-g" in text
+    assert "equals_centralized: true" in text and "2/2 nodes" in text
+    assert "FIUn on the network 0.750 s" in text and "in-process 0.0050 s" in text
+    assert "network FIUn is 1x faster" in text  # 1.0 s / 0.75 s
+    bad = format_table(network_run(equal_b=False))
+    assert "equals_centralized: FALSE" in bad and "1/2 nodes" in bad
+    assert next(ln for ln in bad.splitlines() if ln.startswith("a ")).split("|")[-1].strip() == "NO"
+    # a node whose owner never reported a time prints n/a
+    r = network_run()
+    r["nodes"][0]["received_at"] = None
+    assert "n/a" in next(ln for ln in format_table(r).splitlines() if ln.startswith("g ")).split("|")[-2]
+    assert "peer times" not in format_table(single_ok())  # centralized tables unchanged
+
+
+def test_write_json_keeps_network_fields(tmp_path):
+    path = tmp_path / "net.json"
+    write_json({**network_run(), "_stage": object()}, path)
+    back = json.loads(path.read_text())
+    assert back["equals_centralized"] is True and back["network"]["processes"] == 1
+    assert [(n["received_at"], n["applied_at"], n["equals_centralized"]) for n in back["nodes"]] == [
+        (0.05, 0.25, True), (0.10, 0.75, True)]
+
+
+def _load_network_md():
+    spec = importlib.util.spec_from_file_location("network_md", ROOT / "bench" / "network_md.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_network_md_section_replaced_between_markers_only(tmp_path):
+    nmd = _load_network_md()
+    r = network_run()
+    r["quality"] = quality(r)
+    doc = {"seed": 0, "peers_per_process": 1, "runs": [r], "overlap_runs": []}
+    out = tmp_path / "RESULTS.md"
+    out.write_text(f"top\n{nmd.MARKER}\n\n<!-- section:scale -->\nother helper\n<!-- /section:scale -->\n")
+    nmd.write_section(out, nmd.render(doc, []))
+    first = out.read_text()
+    assert first.startswith(f"top\n{nmd.MARKER}\n\n<!-- section:scale -->\nother helper\n<!-- /section:scale -->")
+    assert first.count(nmd.BEGIN) == 1 and first.rstrip().endswith(nmd.END)
+    assert "**1 of 1 network runs equal the centralized run bit for bit; 1 of 1 meet the quality bar.**" in first
+    assert "| il | mlp | {2} | 2 | yes (2/2) |" in first and "| 0.0050 | 0.75 | 1.00 | 1.3× |" in first
+    assert "| {2} | AD_r ↑ | 100.00 | 98.00 |" in first and "0.250 | 0.750 |" in first  # per-node applied_at
+    # a second write replaces our section and nothing else, even with text after it
+    out.write_text(first + "tail kept\n")
+    r["nodes"][1]["equals_centralized"], r["equals_centralized"] = False, False
+    nmd.write_section(out, nmd.render(doc, []))
+    second = out.read_text()
+    assert second.count(nmd.BEGIN) == 1 and second.endswith("tail kept\n") and "other helper" in second
+    assert "**0 of 1 network runs equal" in second and "**no** (1/2)" in second

@@ -34,8 +34,10 @@ def _check_labels(labels: Tensor, num_classes: int) -> Tensor:
     labels = torch.as_tensor(labels).long()
     if labels.ndim != 1:
         raise ValueError(f"labels must be 1-D, got shape {tuple(labels.shape)}")
-    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes}), got [{int(labels.min())}, {int(labels.max())}]")
+    if labels.numel():
+        lo, hi = (int(v) for v in torch.aminmax(labels))  # one pass, one sync
+        if lo < 0 or hi >= num_classes:
+            raise ValueError(f"labels must lie in [0, {num_classes}), got [{lo}, {hi}]")
     return labels
 
 
@@ -85,7 +87,10 @@ def fisher_from_features(
             out["bias"] = v.mean(0)
         return out
 
-    e = p - nn.functional.one_hot(labels, num_classes).to(p.dtype)
+    # E = P - onehot(Y) by subtracting 1 at the label entries only: the same IEEE operations as the
+    # dense subtraction (p - 0 is p exactly), without building and casting an N x C one-hot matrix.
+    rows = torch.arange(n)
+    e = p.index_put((rows, labels), p[rows, labels] - 1)
     if estimator == "empirical":
         e2 = e * e
         out = {"weight": e2.T @ h2 / n}
@@ -132,24 +137,53 @@ def _resolve_head(model: nn.Module, head: nn.Module | str | None) -> tuple[str, 
     raise ValueError("head is not a submodule of model")
 
 
+class _HeadReached(BaseException):
+    """Raised by head_features' pre-hook once the head's input exists: the head itself (and anything
+    after it) need not run, which saves a forward matmul. BaseException, so a model's own
+    ``except Exception`` cannot swallow it."""
+
+    def __init__(self, features: Tensor) -> None:
+        super().__init__()
+        self.features = features
+
+
+def _stop_at_head(_module: nn.Module, args: tuple) -> None:
+    raise _HeadReached(args[0].detach())
+
+
 @torch.no_grad()
 def head_features(model: nn.Module, inputs: Tensor, head: nn.Module | str | None = None,
                   *, chunk: int = 1024) -> Tensor:
     """Run the frozen backbone once (eval mode, no grad) and return the head's input features."""
-    _, head_module = _resolve_head(model, head)
+    modules = list(model.modules())
+    if isinstance(head, nn.Module):  # the name is not needed here; only that it is ours
+        if not any(m is head for m in modules):
+            raise ValueError("head is not a submodule of model")
+        head_module = head
+    else:
+        _, head_module = _resolve_head(model, head)
     captured: list[Tensor] = []
-    hook = head_module.register_forward_hook(lambda _m, args, _out: captured.append(args[0].detach()))
-    # Restore each submodule's own mode afterwards (e.g. frozen BatchNorm inside a training model).
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
+    hook = head_module.register_forward_pre_hook(_stop_at_head)
+    # Restore each submodule's own mode afterwards (e.g. frozen BatchNorm inside a training model);
+    # a model already in eval mode throughout (the common case) is left alone.
+    modes = [m.training for m in modules]
+    if any(modes):
+        model.eval()
     try:
         for start in range(0, inputs.shape[0], chunk):
-            model(inputs[start:start + chunk])
+            try:
+                model(inputs[start:start + chunk])
+            except _HeadReached as reached:
+                captured.append(reached.features)
     finally:
         hook.remove()
-        for m, training in modes:
-            m.training = training
-    return torch.cat(captured).flatten(1) if captured else torch.empty(0)
+        if any(modes):
+            for m, training in zip(modules, modes, strict=True):
+                m.training = training
+    if not captured:
+        return torch.empty(0)
+    # One chunk (N <= chunk, the common case) needs no concatenation copy.
+    return (captured[0] if len(captured) == 1 else torch.cat(captured)).flatten(1)
 
 
 def _nll(logits: Tensor, label: Tensor) -> Tensor:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -16,6 +17,9 @@ from fiun_peer.records import is_digest
 from fiun_peer.rpc.channel import as_channel
 from fiun_peer.rpc.generated.fiun.v1 import fisher_pb2, fisher_pb2_grpc
 from fiun_peer.store import Store
+
+if TYPE_CHECKING:
+    from fiun_peer.auth import ClientTLS
 
 CHUNK_BYTES = 1 << 20  # 1 MiB: well under gRPC's default 4 MiB message limit on any peer
 MAX_BLOB_BYTES = 4 << 30  # refuse a server announcing more than this before buffering anything
@@ -62,11 +66,12 @@ class FisherServicer(fisher_pb2_grpc.FisherServiceServicer):
 
 
 def fetch_blob(channel_or_target: grpc.Channel | str, digest: str, *, timeout: float = 120.0,
-               max_bytes: int = MAX_BLOB_BYTES) -> bytes:
-    """Fetch a blob by digest and verify it; raises grpc.RpcError (e.g. NOT_FOUND) or BlobFetchError."""
+               max_bytes: int = MAX_BLOB_BYTES, tls: ClientTLS | None = None) -> bytes:
+    """Fetch a blob by digest and verify it; raises grpc.RpcError (e.g. NOT_FOUND) or BlobFetchError.
+    ``tls``: dial a string target over TLS."""
     if not is_digest(digest):
         raise ValueError(f"not a lowercase hex sha256 digest: {digest!r}")
-    with as_channel(channel_or_target) as channel:
+    with as_channel(channel_or_target, tls=tls) as channel:
         call = fisher_pb2_grpc.FisherServiceStub(channel).Fetch(
             fisher_pb2.FetchRequest(digest=digest), timeout=timeout)
         try:

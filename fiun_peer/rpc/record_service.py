@@ -7,26 +7,44 @@ records are self-verifying, so the serving peer need not be trusted.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import grpc
 
+from fiun_peer.records import is_digest
 from fiun_peer.rpc.channel import as_channel
 from fiun_peer.rpc.generated.fiun.v1 import records_pb2, records_pb2_grpc
 from fiun_peer.store import Store
 
+if TYPE_CHECKING:
+    from fiun_peer.auth import ClientTLS
+
 # on_push(envelope bytes) -> (accepted, record_id, reason); the agent verifies, stores and gossips.
 PushHandler = Callable[[bytes], tuple[bool, str, str]]
+# identify() -> PeerInfo fields (peer_id, public_key, name, p2p_addresses, grpc_address): the daemon's
+# addresses are known only once it runs, so it supplies them.
+IdentifyHandler = Callable[[], dict]
+# A Sync names what the caller holds; far more ids than any network has records is abuse, not sync.
+MAX_HAVE_IDS = 1_000_000
 
 
 class RecordServicer(records_pb2_grpc.RecordServiceServicer):
     """Serves the records of a :class:`~fiun_peer.store.Store`; hands pushes to ``on_push``."""
 
-    def __init__(self, store: Store, on_push: PushHandler) -> None:
+    def __init__(self, store: Store, on_push: PushHandler, identify: IdentifyHandler | None = None) -> None:
         self._store = store
         self._on_push = on_push
+        self._identify = identify
 
     def Sync(self, request: records_pb2.SyncRequest,
              context: grpc.ServicerContext) -> Iterator[records_pb2.Envelope]:
+        if len(request.have_ids) > MAX_HAVE_IDS:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"have_ids lists {len(request.have_ids)} ids, at most {MAX_HAVE_IDS} allowed")
+        bad = next((i for i in request.have_ids if not is_digest(i)), None)
+        if bad is not None:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"have_ids must be record ids (64 lowercase hex), got {bad[:80]!r}")
         have = set(request.have_ids)
         for record in self._store.records():  # arrival order = oldest first
             if record.record_id not in have:
@@ -34,23 +52,46 @@ class RecordServicer(records_pb2_grpc.RecordServiceServicer):
 
     def Push(self, request: records_pb2.Envelope,
              context: grpc.ServicerContext) -> records_pb2.PushReply:
-        accepted, record_id, reason = self._on_push(request.data)
+        # Oversize, malformed or forged envelopes are the handler's to count and refuse (a reply with
+        # accepted=false and the reason), not an RPC error: the caller learns exactly why.
+        try:
+            accepted, record_id, reason = self._on_push(request.data)
+        except Exception as exc:  # e.g. the peer is shutting down: say so instead of crashing
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot take records now: {type(exc).__name__}: {exc}")
         return records_pb2.PushReply(accepted=accepted, record_id=record_id, reason=reason)
+
+    def Identify(self, request: records_pb2.IdentifyRequest,
+                 context: grpc.ServicerContext) -> records_pb2.PeerInfo:
+        if self._identify is None:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "this server does not identify itself")
+        try:
+            info = self._identify()
+        except Exception as exc:  # e.g. libp2p not up yet: the caller retries
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"not ready to identify: {type(exc).__name__}: {exc}")
+        return records_pb2.PeerInfo(**info)
 
 
 def sync_records(target: grpc.Channel | str, have_ids: Iterable[str], *,
-                 timeout: float = 30.0) -> list[bytes]:
+                 timeout: float = 30.0, tls: ClientTLS | None = None) -> list[bytes]:
     """Envelopes the peer at ``target`` holds and we lack, oldest first. Verify each before use."""
-    with as_channel(target) as channel:
+    with as_channel(target, tls=tls) as channel:
         stub = records_pb2_grpc.RecordServiceStub(channel)
         request = records_pb2.SyncRequest(have_ids=sorted(set(have_ids)))
         return [envelope.data for envelope in stub.Sync(request, timeout=timeout)]
 
 
 def push_record(target: grpc.Channel | str, envelope: bytes, *,
-                timeout: float = 10.0) -> tuple[bool, str, str]:
+                timeout: float = 10.0, tls: ClientTLS | None = None) -> tuple[bool, str, str]:
     """Push one envelope; returns the peer's ``(accepted, record_id, reason)``."""
-    with as_channel(target) as channel:
+    with as_channel(target, tls=tls) as channel:
         reply = records_pb2_grpc.RecordServiceStub(channel).Push(
             records_pb2.Envelope(data=envelope), timeout=timeout)
         return reply.accepted, reply.record_id, reply.reason
+
+
+def identify_peer(target: grpc.Channel | str, *, timeout: float = 10.0,
+                  tls: ClientTLS | None = None) -> records_pb2.PeerInfo:
+    """Who the peer at ``target`` says it is and where its libp2p host listens (used to bootstrap by
+    gRPC address). Unverified beyond the libp2p handshake that follows: Noise checks the peer id."""
+    with as_channel(target, tls=tls) as channel:
+        return records_pb2_grpc.RecordServiceStub(channel).Identify(records_pb2.IdentifyRequest(), timeout=timeout)

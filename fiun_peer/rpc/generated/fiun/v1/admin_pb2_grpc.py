@@ -26,7 +26,11 @@ if _version_not_supported:
 
 
 class AdminServiceStub:
-    """AdminService is the local control surface of a fiun-peer daemon.
+    """AdminService is the local control surface of a fiun-peer daemon. Every call needs a credential:
+    the bearer token in HOME/admin.token (metadata `authorization: Bearer TOKEN`), or, on an mTLS
+    server, a client certificate with an admin common name. A missing credential answers
+    UNAUTHENTICATED, a wrong one PERMISSION_DENIED. Bad arguments answer INVALID_ARGUMENT with a
+    message saying what is wrong, and change nothing stored.
     """
 
     def __init__(self, channel):
@@ -68,7 +72,11 @@ class AdminServiceStub:
 
 
 class AdminServiceServicer:
-    """AdminService is the local control surface of a fiun-peer daemon.
+    """AdminService is the local control surface of a fiun-peer daemon. Every call needs a credential:
+    the bearer token in HOME/admin.token (metadata `authorization: Bearer TOKEN`), or, on an mTLS
+    server, a client certificate with an admin common name. A missing credential answers
+    UNAUTHENTICATED, a wrong one PERMISSION_DENIED. Bad arguments answer INVALID_ARGUMENT with a
+    message saying what is wrong, and change nothing stored.
     """
 
     def Status(self, request, context):
@@ -81,6 +89,9 @@ class AdminServiceServicer:
     def PublishModel(self, request, context):
         """PublishModel registers a model version owned by this peer: it stores the weights and the
         owner's data, computes the model Fisher on that data, signs a lineage record and gossips it.
+        INVALID_ARGUMENT when the id is taken or malformed, a parent is unknown to this peer (its
+        lineage has not arrived yet), the weights do not fit the architecture, or the data holds labels
+        outside `labels`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -95,14 +106,18 @@ class AdminServiceServicer:
 
     def RequestUnlearning(self, request, context):
         """RequestUnlearning signs and gossips an unlearning request and reports which models it affects.
-        Idempotent by `request_id`: repeating a request returns the original one.
+        Idempotent by `request_id`: repeating a request returns the original one (INVALID_ARGUMENT if
+        the same id comes with other labels). Any peer may take the request; the affected models'
+        owners do the work.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetRequest(self, request, context):
-        """GetRequest reports an unlearning request's progress on every affected model.
+        """GetRequest reports an unlearning request's progress on every affected model, as this peer
+        sees it (records arrive by gossip, so another peer may be a moment ahead). NOT_FOUND for a
+        request id this peer has not seen.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -157,7 +172,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AdminService:
-    """AdminService is the local control surface of a fiun-peer daemon.
+    """AdminService is the local control surface of a fiun-peer daemon. Every call needs a credential:
+    the bearer token in HOME/admin.token (metadata `authorization: Bearer TOKEN`), or, on an mTLS
+    server, a client certificate with an admin common name. A missing credential answers
+    UNAUTHENTICATED, a wrong one PERMISSION_DENIED. Bad arguments answer INVALID_ARGUMENT with a
+    message saying what is wrong, and change nothing stored.
     """
 
     @staticmethod

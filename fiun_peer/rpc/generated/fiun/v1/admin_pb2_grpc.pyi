@@ -27,7 +27,12 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class AdminServiceStub:
-    """AdminService is the local control surface of a fiun-peer daemon."""
+    """AdminService is the local control surface of a fiun-peer daemon. Every call needs a credential:
+    the bearer token in HOME/admin.token (metadata `authorization: Bearer TOKEN`), or, on an mTLS
+    server, a client certificate with an admin common name. A missing credential answers
+    UNAUTHENTICATED, a wrong one PERMISSION_DENIED. Bad arguments answer INVALID_ARGUMENT with a
+    message saying what is wrong, and change nothing stored.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -38,21 +43,34 @@ class AdminServiceStub:
     PublishModel: _grpc.UnaryUnaryMultiCallable[_admin_pb2.PublishModelRequest, _admin_pb2.PublishModelReply]
     """PublishModel registers a model version owned by this peer: it stores the weights and the
     owner's data, computes the model Fisher on that data, signs a lineage record and gossips it.
+    INVALID_ARGUMENT when the id is taken or malformed, a parent is unknown to this peer (its
+    lineage has not arrived yet), the weights do not fit the architecture, or the data holds labels
+    outside `labels`.
     """
     ListLineage: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListLineageRequest, _admin_pb2.ListLineageReply]
     """ListLineage returns the whole lineage graph (every model's current version) this peer knows."""
     RequestUnlearning: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RequestUnlearningRequest, _admin_pb2.RequestUnlearningReply]
     """RequestUnlearning signs and gossips an unlearning request and reports which models it affects.
-    Idempotent by `request_id`: repeating a request returns the original one.
+    Idempotent by `request_id`: repeating a request returns the original one (INVALID_ARGUMENT if
+    the same id comes with other labels). Any peer may take the request; the affected models'
+    owners do the work.
     """
     GetRequest: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetRequestRequest, _admin_pb2.GetRequestReply]
-    """GetRequest reports an unlearning request's progress on every affected model."""
+    """GetRequest reports an unlearning request's progress on every affected model, as this peer
+    sees it (records arrive by gossip, so another peer may be a moment ahead). NOT_FOUND for a
+    request id this peer has not seen.
+    """
     ListReceipts: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListReceiptsRequest, _admin_pb2.ListReceiptsReply]
     """ListReceipts returns the signed receipts (old digest -> new digest) this peer has seen."""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
-    """AdminService is the local control surface of a fiun-peer daemon."""
+    """AdminService is the local control surface of a fiun-peer daemon. Every call needs a credential:
+    the bearer token in HOME/admin.token (metadata `authorization: Bearer TOKEN`), or, on an mTLS
+    server, a client certificate with an admin common name. A missing credential answers
+    UNAUTHENTICATED, a wrong one PERMISSION_DENIED. Bad arguments answer INVALID_ARGUMENT with a
+    message saying what is wrong, and change nothing stored.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Status: _aio.UnaryUnaryMultiCallable[_admin_pb2.StatusRequest, _admin_pb2.StatusReply]  # type: ignore[assignment]
@@ -60,20 +78,33 @@ class AdminServiceAsyncStub(AdminServiceStub):
     PublishModel: _aio.UnaryUnaryMultiCallable[_admin_pb2.PublishModelRequest, _admin_pb2.PublishModelReply]  # type: ignore[assignment]
     """PublishModel registers a model version owned by this peer: it stores the weights and the
     owner's data, computes the model Fisher on that data, signs a lineage record and gossips it.
+    INVALID_ARGUMENT when the id is taken or malformed, a parent is unknown to this peer (its
+    lineage has not arrived yet), the weights do not fit the architecture, or the data holds labels
+    outside `labels`.
     """
     ListLineage: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListLineageRequest, _admin_pb2.ListLineageReply]  # type: ignore[assignment]
     """ListLineage returns the whole lineage graph (every model's current version) this peer knows."""
     RequestUnlearning: _aio.UnaryUnaryMultiCallable[_admin_pb2.RequestUnlearningRequest, _admin_pb2.RequestUnlearningReply]  # type: ignore[assignment]
     """RequestUnlearning signs and gossips an unlearning request and reports which models it affects.
-    Idempotent by `request_id`: repeating a request returns the original one.
+    Idempotent by `request_id`: repeating a request returns the original one (INVALID_ARGUMENT if
+    the same id comes with other labels). Any peer may take the request; the affected models'
+    owners do the work.
     """
     GetRequest: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetRequestRequest, _admin_pb2.GetRequestReply]  # type: ignore[assignment]
-    """GetRequest reports an unlearning request's progress on every affected model."""
+    """GetRequest reports an unlearning request's progress on every affected model, as this peer
+    sees it (records arrive by gossip, so another peer may be a moment ahead). NOT_FOUND for a
+    request id this peer has not seen.
+    """
     ListReceipts: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListReceiptsRequest, _admin_pb2.ListReceiptsReply]  # type: ignore[assignment]
     """ListReceipts returns the signed receipts (old digest -> new digest) this peer has seen."""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
-    """AdminService is the local control surface of a fiun-peer daemon."""
+    """AdminService is the local control surface of a fiun-peer daemon. Every call needs a credential:
+    the bearer token in HOME/admin.token (metadata `authorization: Bearer TOKEN`), or, on an mTLS
+    server, a client certificate with an admin common name. A missing credential answers
+    UNAUTHENTICATED, a wrong one PERMISSION_DENIED. Bad arguments answer INVALID_ARGUMENT with a
+    message saying what is wrong, and change nothing stored.
+    """
 
     @_abc_1.abstractmethod
     def Status(
@@ -91,6 +122,9 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_admin_pb2.PublishModelReply, _abc.Awaitable[_admin_pb2.PublishModelReply]]:
         """PublishModel registers a model version owned by this peer: it stores the weights and the
         owner's data, computes the model Fisher on that data, signs a lineage record and gossips it.
+        INVALID_ARGUMENT when the id is taken or malformed, a parent is unknown to this peer (its
+        lineage has not arrived yet), the weights do not fit the architecture, or the data holds labels
+        outside `labels`.
         """
 
     @_abc_1.abstractmethod
@@ -108,7 +142,9 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.RequestUnlearningReply, _abc.Awaitable[_admin_pb2.RequestUnlearningReply]]:
         """RequestUnlearning signs and gossips an unlearning request and reports which models it affects.
-        Idempotent by `request_id`: repeating a request returns the original one.
+        Idempotent by `request_id`: repeating a request returns the original one (INVALID_ARGUMENT if
+        the same id comes with other labels). Any peer may take the request; the affected models'
+        owners do the work.
         """
 
     @_abc_1.abstractmethod
@@ -117,7 +153,10 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.GetRequestRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.GetRequestReply, _abc.Awaitable[_admin_pb2.GetRequestReply]]:
-        """GetRequest reports an unlearning request's progress on every affected model."""
+        """GetRequest reports an unlearning request's progress on every affected model, as this peer
+        sees it (records arrive by gossip, so another peer may be a moment ahead). NOT_FOUND for a
+        request id this peer has not seen.
+        """
 
     @_abc_1.abstractmethod
     def ListReceipts(

@@ -27,3 +27,21 @@ class PushReply(_message.Message):
     record_id: str
     reason: str
     def __init__(self, accepted: _Optional[bool] = ..., record_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class IdentifyRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PeerInfo(_message.Message):
+    __slots__ = ("peer_id", "public_key", "name", "p2p_addresses", "grpc_address")
+    PEER_ID_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    P2P_ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    GRPC_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    peer_id: str
+    public_key: str
+    name: str
+    p2p_addresses: _containers.RepeatedScalarFieldContainer[str]
+    grpc_address: str
+    def __init__(self, peer_id: _Optional[str] = ..., public_key: _Optional[str] = ..., name: _Optional[str] = ..., p2p_addresses: _Optional[_Iterable[str]] = ..., grpc_address: _Optional[str] = ...) -> None: ...

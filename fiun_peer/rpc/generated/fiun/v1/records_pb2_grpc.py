@@ -45,6 +45,11 @@ class RecordServiceStub:
                 request_serializer=fiun_dot_v1_dot_records__pb2.Envelope.SerializeToString,
                 response_deserializer=fiun_dot_v1_dot_records__pb2.PushReply.FromString,
                 _registered_method=True)
+        self.Identify = channel.unary_unary(
+                '/fiun.v1.RecordService/Identify',
+                request_serializer=fiun_dot_v1_dot_records__pb2.IdentifyRequest.SerializeToString,
+                response_deserializer=fiun_dot_v1_dot_records__pb2.PeerInfo.FromString,
+                _registered_method=True)
 
 
 class RecordServiceServicer:
@@ -67,6 +72,15 @@ class RecordServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Identify(self, request, context):
+        """Identify says who the server is and where its libp2p host listens: what a new peer needs to
+        join through it when it knows only its gRPC address (`fiun-peer run --bootstrap HOST:PORT`).
+        The answer is not trusted beyond that: every record is still verified on its own.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecordServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -79,6 +93,11 @@ def add_RecordServiceServicer_to_server(servicer, server):
                     servicer.Push,
                     request_deserializer=fiun_dot_v1_dot_records__pb2.Envelope.FromString,
                     response_serializer=fiun_dot_v1_dot_records__pb2.PushReply.SerializeToString,
+            ),
+            'Identify': grpc.unary_unary_rpc_method_handler(
+                    servicer.Identify,
+                    request_deserializer=fiun_dot_v1_dot_records__pb2.IdentifyRequest.FromString,
+                    response_serializer=fiun_dot_v1_dot_records__pb2.PeerInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -136,6 +155,33 @@ class RecordService:
             '/fiun.v1.RecordService/Push',
             fiun_dot_v1_dot_records__pb2.Envelope.SerializeToString,
             fiun_dot_v1_dot_records__pb2.PushReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Identify(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fiun.v1.RecordService/Identify',
+            fiun_dot_v1_dot_records__pb2.IdentifyRequest.SerializeToString,
+            fiun_dot_v1_dot_records__pb2.PeerInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,6 +43,11 @@ class RecordServiceStub:
     """Push hands one record to the server, which verifies and stores it (duplicates are accepted
     idempotently) and says whether it took it.
     """
+    Identify: _grpc.UnaryUnaryMultiCallable[_records_pb2.IdentifyRequest, _records_pb2.PeerInfo]
+    """Identify says who the server is and where its libp2p host listens: what a new peer needs to
+    join through it when it knows only its gRPC address (`fiun-peer run --bootstrap HOST:PORT`).
+    The answer is not trusted beyond that: every record is still verified on its own.
+    """
 
 @_typing.type_check_only
 class RecordServiceAsyncStub(RecordServiceStub):
@@ -56,6 +61,11 @@ class RecordServiceAsyncStub(RecordServiceStub):
     Push: _aio.UnaryUnaryMultiCallable[_records_pb2.Envelope, _records_pb2.PushReply]  # type: ignore[assignment]
     """Push hands one record to the server, which verifies and stores it (duplicates are accepted
     idempotently) and says whether it took it.
+    """
+    Identify: _aio.UnaryUnaryMultiCallable[_records_pb2.IdentifyRequest, _records_pb2.PeerInfo]  # type: ignore[assignment]
+    """Identify says who the server is and where its libp2p host listens: what a new peer needs to
+    join through it when it knows only its gRPC address (`fiun-peer run --bootstrap HOST:PORT`).
+    The answer is not trusted beyond that: every record is still verified on its own.
     """
 
 class RecordServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -79,6 +89,17 @@ class RecordServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_records_pb2.PushReply, _abc.Awaitable[_records_pb2.PushReply]]:
         """Push hands one record to the server, which verifies and stores it (duplicates are accepted
         idempotently) and says whether it took it.
+        """
+
+    @_abc_1.abstractmethod
+    def Identify(
+        self,
+        request: _records_pb2.IdentifyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_records_pb2.PeerInfo, _abc.Awaitable[_records_pb2.PeerInfo]]:
+        """Identify says who the server is and where its libp2p host listens: what a new peer needs to
+        join through it when it knows only its gRPC address (`fiun-peer run --bootstrap HOST:PORT`).
+        The answer is not trusted beyond that: every record is still verified on its own.
         """
 
 def add_RecordServiceServicer_to_server(servicer: RecordServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

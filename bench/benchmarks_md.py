@@ -1,0 +1,208 @@
+"""Render BENCHMARKS.md from the JSON the bench/ scripts wrote (results/bench_*.json).
+
+    .venv/bin/python bench/benchmarks_md.py --results results --out BENCHMARKS.md
+
+Every number comes from the JSON files; nothing is re-run. A benchmark whose JSON is missing is
+named as missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+RENDER_COMMAND = ".venv/bin/python bench/benchmarks_md.py --results results --out BENCHMARKS.md"
+
+
+def _load(results: Path, name: str) -> dict | None:
+    p = results / f"bench_{name}.json"
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def _x(v: float | None, d: int = 2) -> str:
+    return "–" if v is None else f"{v:,.{d}f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
+            *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def _missing(name: str) -> list[str]:
+    return [f"_Not run yet: `results/bench_{name}.json` is missing._", ""]
+
+
+def _machine(d: dict) -> str:
+    m = d.get("machine", {})
+    return (f"{m.get('cpus', '?')} CPUs, torch {m.get('torch', '?')} on {m.get('torch_threads', '?')} thread(s), "
+            f"Python {m.get('python', '?')}")
+
+
+def fisher_section(d: dict | None) -> list[str]:
+    out = ["## Fisher of a Linear head: closed form vs torch.func vs a naive loop, and vs the forward pass", ""]
+    if d is None:
+        return out + _missing("fisher")
+    out += [f"Command (seed {d['seed']}): `{d['command']}` — {d['rounds']} interleaved rounds per case; "
+            f"{_machine(d)}. Clock: the benchmarking thread's CPU time (torch runs on that one thread), so time "
+            "other processes held the core is left out.", "",
+            "Untrained zoo models (cost does not depend on the weights) on N digits images (tiled past 1,347). "
+            "`backbone` = the backbone forward alone (no grad, eval, in `head_features`' chunks of 1,024), "
+            "`fwd+F` = `fiun_peer.unlearn.node_model_fisher` with `FIUnSettings()` (forward + closed form, the "
+            "path every peer runs), `F` = `fisher_from_features` on precomputed features, `torch.func` = "
+            "`per_sample_fisher`, naive = one autograd backward per sample. All ratios are medians of per-round "
+            f"ratios. Target: fwd+F ≤ {d['target']} × backbone.", ""]
+    rows = []
+    for c in d["cases"]:
+        r, a = c["ratios"], c["max_rel_diff"]
+        rows.append([c["model"], str(c["n"]), "×".join(map(str, c["head_shape"])),
+                     _x(c["times"]["backbone"]["median_s"] * 1e3, 3), _x(r["fisher_fwd_over_backbone"], 3),
+                     _x(r["head_features_over_backbone"], 3), _x(r["closed_over_backbone"], 3),
+                     _x(r["torch_func_over_closed"], 1) + "×", _x(r.get("naive_over_closed"), 0) + "×",
+                     f"{max(a.values()):.1e}", "yes" if c["target_met"] else "**no**"])
+    out += _table(["model", "N", "head", "backbone ms (CPU)", "fwd+F / backbone", "head_features / backbone",
+                   "F / backbone", "torch.func / F", "naive / F", "max rel. diff", f"≤ {d['target']}"], rows)
+    met = [c for c in d["cases"] if c["target_met"]]
+    missed = [f"{c['model']}/N={c['n']}" for c in d["cases"] if not c["target_met"]]
+    close = [f"{c['model']}/N={c['n']}" for c in d["cases"]
+             if abs(c["ratios"]["fisher_fwd_over_backbone"] / d["target"] - 1) < 0.05]
+    out += ["", f"Target met in {len(met)} of {len(d['cases'])} cases"
+            + (f"; not met: {', '.join(missed)}." if missed else ".")
+            + (f" Within 5% of the target, where run-to-run noise on this machine decides it: {', '.join(close)}."
+               if close else ""), ""]
+    return out
+
+
+def pull_section(d: dict | None) -> list[str]:
+    out = ["## Fisher pull over gRPC vs a raw loopback socket", ""]
+    if d is None:
+        return out + _missing("pull")
+    out += [f"Command (seed {d['seed']}): `{d['command']}` — {d['rounds']} alternating rounds per size; "
+            f"{_machine(d)}; wall clock.", "",
+            "`gRPC` = a real gRPC server with the real `FisherServicer` over a real `Store`, pulled with "
+            "`fisher_service.fetch_blob` (new channel per pull, 1 MiB chunks, reassembly, sha256 check). "
+            "`socket` = the same bytes over a fresh loopback TCP connection (`sendall` → `recv_into`); "
+            "`socket+sha256` adds the hash the gRPC client does. MiB = 2²⁰ bytes.", ""]
+    rows = [[_x(c["mib"], 0), _x(c["mib_per_s"]["grpc"], 0), _x(c["mib_per_s"]["socket"], 0),
+             _x(c["mib_per_s"]["socket_sha256"], 0), _x(c["ratios"]["grpc_over_socket_time"], 1) + "×",
+             _x(c["ratios"]["grpc_over_socket_sha256_time"], 1) + "×",
+             f"{100 * c['ratios']['grpc_throughput_fraction_of_socket']:.0f}%", str(c["bytes_equal"]).lower()]
+            for c in d["cases"]]
+    out += _table(["blob MiB", "gRPC MiB/s", "socket MiB/s", "socket+sha256 MiB/s", "gRPC time / socket",
+                   "gRPC time / socket+sha256", "gRPC throughput as % of socket", "bytes equal"], rows)
+    return out + [""]
+
+
+def baselines_section(d: dict | None) -> list[str]:
+    out = ["## FIUn vs the baselines on the same graph", ""]
+    if d is None:
+        return out + _missing("baselines")
+    methods = ["retrain", "finetune", "gradient_ascent", "distill"]
+    s = d["settings"]
+    out += [f"Command (seed {d['seed']}): `{d['command']}` — {d['rounds']} round(s) per graph; {_machine(d)}; "
+            + ("CPU time of the benchmarking thread (the simulation's own timers pointed at it; torch on one "
+               "thread)" if d.get("clock", "wall") == "thread_cpu" else "wall clock")
+            + ", timed by the simulation itself.", "",
+            "Each graph is trained once (`simulations.centralized.prepare`); each round runs `run_on_stage` "
+            "(Algorithm 1, re-training and the three baselines on that same stage) and re-runs `run_fiun` for a "
+            "median FIUn time. Times are for the whole unlearning sub-graph; FIUn excludes the model Fishers "
+            f"(computed at publish time, paper §4.4.2). Settings: `FIUnSettings()` (estimator {s['estimator']}, "
+            f"T = {s['temperature']}, γ = {s['gamma']}, η = {s['eta']}, per_label = {s['per_label']}, "
+            f"center = {s['center']}). Speed-up = baseline s / FIUn s, median over rounds; the paper claims "
+            f"~99% time saved, i.e. ≥ {d['target']:.0f}×.", ""]
+    rows = []
+    for c in d["cases"]:
+        rows.append([f"{c['framework']}/{c['model']}", "{" + ",".join(map(str, c["forget"])) + "}",
+                     str(c["subgraph_nodes"]), _x(c["seconds"]["fiun"] * 1e3, 1),
+                     *(f"{_x(c['seconds'][m], 2)} s / {_x(c['speedup'][m], 0)}×"
+                       + ("" if c["target_met"][m] else " (<100)") for m in methods)])
+    out += _table(["graph", "C_f", "nodes", "FIUn ms", "re-train", "fine-tune", "gradient ascent", "distill"], rows)
+    if d.get("complete") is False:
+        out += ["", f"_Partial run: the command was interrupted after {len(d['cases'])} graph(s)._"]
+    met = {m: sum(c["target_met"][m] for c in d["cases"]) for m in methods}
+    out += ["", "≥ 100× met: " + ", ".join(f"{m} {met[m]} of {len(d['cases'])}" for m in methods) + ".", "",
+            "Gradient ascent is cheap by construction here: `simulations.baselines` runs it for 2 epochs "
+            "over the forget samples only (`BaselineConfig.ascent_epochs`), a small fraction of each node's "
+            "data; fine-tune and distill train on the retained data. The speed-up says nothing about the "
+            "baselines' unlearning quality, which is in RESULTS.md.", ""]
+    return out
+
+
+def targets_section(f: dict | None, p: dict | None, b: dict | None) -> list[str]:
+    out = ["## Targets", ""]
+    if f:
+        missed = [f"{c['model']}/N={c['n']} ({c['ratios']['fisher_fwd_over_backbone']:.2f}×)"
+                  for c in f["cases"] if not c["target_met"]]
+        out.append(f"- Closed-form Fisher + forward ≤ {f['target']} × forward: "
+                   + ("**met** in every case." if not missed else "**not met** for " + ", ".join(missed)
+                      + "; met for the rest. See *Why the MLP misses* below."))
+        worst = min(min(c["ratios"]["torch_func_over_closed"] for c in f["cases"]),
+                    min((c["ratios"].get("naive_over_closed") or float("inf")) for c in f["cases"]))
+        out.append(f"- The closed form is faster than both generic paths in every case (the smallest margin "
+                   f"is {worst:.1f}×), and agrees with them to float32 rounding.")
+    if p:
+        out.append("- Fisher pull: gRPC reaches " + ", ".join(
+            f"{100 * c['ratios']['grpc_throughput_fraction_of_socket']:.0f}% ({c['mib']:.0f} MiB)"
+            for c in p["cases"]) + " of the raw socket's throughput (no target was set; reported as measured).")
+    if b:
+        for m in ("retrain", "finetune", "gradient_ascent", "distill"):
+            ok = [f"{c['framework']}/{c['model']}" for c in b["cases"] if c["target_met"][m]]
+            no = [f"{c['framework']}/{c['model']} ({c['speedup'][m]:.0f}×)" for c in b["cases"]
+                  if not c["target_met"][m]]
+            out.append(f"- ≥ 100× vs {m}: " + (f"met on {', '.join(ok)}" if ok else "met on none")
+                       + (f"; **not met** on {', '.join(no)}" if no else "") + ".")
+    return out + [""]
+
+
+WHY_MLP = """### Why the MLP misses the forward-pass target
+
+The digits MLP's backbone is two 128-wide layers on 64 inputs (about 25k multiply-adds per sample),
+while the head is 10 × 128: the Fisher's two head-sized products (logits, then (E∘E)ᵀ(H∘H)) plus
+three element-wise passes over the N × 128 features are a fixed fraction of that small backbone, and
+at small N the fixed per-call cost of its dozen-odd tensor operations is comparable to the whole
+forward pass. The CNN's backbone costs far more per sample, so the same Fisher is a few
+percent of it and the target is met. What was done in `fiun_peer/core/fisher.py` (results
+bit-identical to the previous code, checked against it with `torch.equal` on random inputs for every
+estimator and temperature; `tests/test_core_fisher.py` passes): `head_features` stops the forward pass at the head's input (a pre-hook)
+instead of also running the head, skips the concatenation copy for a single chunk and the
+mode switching for a model already in eval mode; `fisher_from_features` subtracts 1 at the label
+entries instead of building and casting a one-hot matrix, and checks labels in one pass. What is
+left is the arithmetic itself; fusing it (e.g. `addmm` for the logits) would change the bits of
+every Fisher, which the peers' bit-equality with the centralized reference rests on, so it was not
+done.
+"""
+
+
+def render(results: Path) -> str:
+    f, p, b = (_load(results, n) for n in ("fisher", "pull", "baselines"))
+    lines = ["# Benchmarks", "",
+             f"Generated by `bench/benchmarks_md.py` from `results/bench_*.json` (`{RENDER_COMMAND}`). Each "
+             "section names the command and seed that produced it.", "",
+             "**Machine.** A small shared VM: 2 CPU cores, shared with other work running at the same time "
+             "(load averages well above 2 during these runs), torch on one thread. Absolute times are noise "
+             "here; every benchmark measures its contenders side by side in one run (interleaved or "
+             "alternating rounds) and reports medians of per-round ratios. Compare ratios, not times.", "",
+             "Reliability figures (crash/restart, hostile peers) are in [RELIABILITY.md](RELIABILITY.md); "
+             "the quality experiments are in [RESULTS.md](RESULTS.md).", ""]
+    lines += targets_section(f, p, b)
+    lines += fisher_section(f)
+    if f and any(not c["target_met"] for c in f["cases"]):
+        lines += [WHY_MLP]
+    lines += pull_section(p)
+    lines += baselines_section(b)
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--results", default="results", help="folder holding bench_*.json")
+    ap.add_argument("--out", default="BENCHMARKS.md")
+    a = ap.parse_args(argv)
+    Path(a.out).write_text(render(Path(a.results)))
+    print(f"wrote {a.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""Who may say what, and which Fisher a peer will merge: the rules every peer applies on ingest.
+
+A record that verifies (``fiun_peer.records``) is still only *a claim by its signer*. These rules
+decide whether the signer is entitled to make it, from the records a peer already holds:
+
+- lineage: a model id belongs to the key that signed its version 1 (first claim a peer sees wins);
+  later versions only from that key;
+- unlearning request: only from an accepted requester (:class:`RequesterPolicy`);
+- Fisher announcement: only from the owner of a *discovery* model of that request (the model's own
+  labels meet the request's forget labels), once per (request, model);
+- receipt: only from the model's owner, once per (request, model).
+
+A refusal is *deferred* when it may become acceptable as more records arrive (the model's lineage or
+the request has not reached this peer yet); anti-entropy sync offers the record again later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from .core.fiun import check_fisher
+from .lineage import LineageView
+from .records import Record, is_digest
+
+# Counter suffixes (``rejected_<reason>``) of authorization refusals.
+REFUSALS = ("not_owner", "not_requester", "not_discovery", "unknown_subject", "equivocation", "conflict")
+
+
+@dataclass(frozen=True)
+class Refusal:
+    reason: str          # one of REFUSALS
+    detail: str
+    deferred: bool = False  # may be accepted once more records arrive
+
+    def __post_init__(self) -> None:
+        if self.reason not in REFUSALS:
+            raise ValueError(f"unknown refusal reason {self.reason!r}")
+
+
+class PolicyError(ValueError):
+    """A policy setting is unusable (e.g. a requester key that is not a public key)."""
+
+
+@dataclass(frozen=True)
+class RequesterPolicy:
+    """Which keys may request unlearning. Default: network members (any key that owns a model in
+    the lineage) and this peer's own key; ``extra`` adds keys (``--requester``), e.g. a data
+    subject's or a regulator's key that owns no model."""
+
+    extra: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, keys: Iterable[str]) -> RequesterPolicy:
+        keys = [k.strip().lower() for k in keys]
+        bad = [k for k in keys if not is_digest(k)]  # an Ed25519 public key: 64 lowercase hex
+        if bad:
+            raise PolicyError(f"requester keys must be Ed25519 public keys, 64 hex characters; got {bad[0]!r}")
+        return cls(frozenset(keys))
+
+    def accepts(self, key: str, view: LineageView, own_key: str) -> bool:
+        return key == own_key or key in self.extra or any(r.signer == key for r in view.first.values())
+
+
+def authorize(rec: Record, *, view: LineageView, own_key: str, requesters: RequesterPolicy,
+              request_of: Callable[[str], Record | None],
+              existing: Callable[[str, str, str], Record | None]) -> Refusal | None:
+    """None when ``rec``'s signer may say this. ``request_of(request_id)`` and ``existing(kind,
+    request_id, model_id)`` look up records already held."""
+    p = rec.predicate
+    if rec.kind == "lineage":
+        return _lineage(rec, view)
+    if rec.kind == "request":
+        if not requesters.accepts(rec.signer, view, own_key):
+            return Refusal("not_requester", f"key {rec.signer[:16]}... is not an accepted requester (it owns "
+                                            "no model this peer knows and is not configured with --requester)",
+                           deferred=True)  # its lineage may still be on the way
+        held = request_of(p["request_id"])
+        if held is not None and held.record_id != rec.record_id:
+            return Refusal("conflict", f"request id {p['request_id']} is already taken by another request")
+        return None
+    # announcement or receipt: about one model and one request
+    model, rid = p["model_id"], p["request_id"]
+    owner = view.owner(model)
+    if owner is None or model not in view.umig:
+        return Refusal("unknown_subject", f"model {model} is not (yet) in this peer's lineage", deferred=True)
+    if owner != rec.signer:
+        return Refusal("not_owner", f"{rec.kind} for {model} not signed by its owner")
+    req = request_of(rid)
+    if req is None:
+        return Refusal("unknown_subject", f"request {rid} has not reached this peer yet", deferred=True)
+    if rec.kind == "announcement" and not (view.umig.labels(model) & set(req.predicate["forget_labels"])):
+        return Refusal("not_discovery", f"{model} is not a discovery model of request {rid}: its own labels "
+                                        f"hold none of {req.predicate['forget_labels']}")
+    held = existing(rec.kind, rid, model)
+    if held is not None and held.record_id != rec.record_id:
+        return Refusal("equivocation", f"owner of {model} already sent a different {rec.kind} for request "
+                                       f"{rid} ({held.record_id[:12]}); this one ({rec.record_id[:12]}) is ignored")
+    return None
+
+
+def _lineage(rec: Record, view: LineageView) -> Refusal | None:
+    model, version = rec.predicate["model_id"], rec.predicate["version"]
+    first = view.first.get(model)
+    if version == 1:
+        if first is None or first.record_id == rec.record_id:
+            return None
+        if first.signer != rec.signer:
+            return Refusal("not_owner", f"model {model} is already owned by another key")
+        return Refusal("conflict", f"model {model} already has a different version 1")
+    if first is None:
+        return Refusal("unknown_subject", f"version {version} of {model} before its version 1", deferred=True)
+    if first.signer != rec.signer:
+        return Refusal("not_owner", f"version {version} of {model} not signed by its owner")
+    return None
+
+
+def fisher_problem(fisher: Mapping[str, Tensor], expected: Mapping[str, Tensor]) -> str:
+    """Why a pulled unlearning Fisher cannot be merged into this peer's head, or "" when it can:
+    same tensor names, shapes and dtypes as the receiver's own model Fisher, finite, non-negative."""
+    if set(fisher) != set(expected):
+        return f"tensors {sorted(fisher)} do not match this model's head {sorted(expected)}"
+    for k in sorted(expected):
+        got, want = fisher[k], expected[k]
+        if tuple(got.shape) != tuple(want.shape):
+            return f"{k} has shape {list(got.shape)}, this model's head needs {list(want.shape)}"
+        if got.dtype != want.dtype:
+            return f"{k} has dtype {got.dtype}, this model's head needs {want.dtype}"
+    try:
+        check_fisher(fisher, name="Fisher")
+    except ValueError as exc:
+        return str(exc)
+    return ""

@@ -1,0 +1,202 @@
+"""Malformed calls: hypothesis-generated messages (and raw bytes) to every Admin, Fisher and Record
+method of a real server on loopback. Each answers OK or a client-error status with a message, never
+INTERNAL/UNKNOWN; oversize messages are refused; the server keeps serving throughout.
+With ``FIUN_FUZZ_REPORT=DIR/NAME.json`` the tallies (calls per method and status) go to
+DIR/NAME-services.json."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from security_support import AgentHost
+
+from fiun_peer.core.fiun import FIUnSettings
+from fiun_peer.models import build_model
+from fiun_peer.rpc.channel import open_channel
+from fiun_peer.rpc.generated.fiun.v1 import admin_pb2, fisher_pb2, records_pb2
+from fiun_peer.tensors import to_bytes
+
+TOKEN = "fuzz-token"
+CLIENT_ERRORS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND}
+TALLY: Counter = Counter()
+
+# (service, method, request class, response streams?) of every method in the wire contract
+METHODS = [
+    (service.full_name, m.name, getattr(module, m.input_type.name), m.server_streaming)
+    for module, name in ((admin_pb2, "AdminService"), (fisher_pb2, "FisherService"), (records_pb2, "RecordService"))
+    for service in [module.DESCRIPTOR.services_by_name[name]] for m in service.methods
+]
+
+_SCALARS = {
+    FieldDescriptor.TYPE_STRING: st.text(max_size=200),
+    FieldDescriptor.TYPE_BYTES: st.binary(max_size=2000),
+    FieldDescriptor.TYPE_INT32: st.integers(-2**31, 2**31 - 1),
+    FieldDescriptor.TYPE_INT64: st.integers(-2**63, 2**63 - 1),
+    FieldDescriptor.TYPE_UINT32: st.integers(0, 2**32 - 1),
+    FieldDescriptor.TYPE_UINT64: st.integers(0, 2**64 - 1),
+    FieldDescriptor.TYPE_BOOL: st.booleans(),
+    FieldDescriptor.TYPE_DOUBLE: st.floats(allow_nan=True),
+}
+
+
+def message_fields(desc: Descriptor, depth: int = 0) -> st.SearchStrategy[dict]:
+    """Random values for every field of a message (nested messages to depth 2)."""
+    fields = {}
+    for f in desc.fields:
+        if f.type == FieldDescriptor.TYPE_MESSAGE:
+            if depth >= 2 or f.message_type.GetOptions().map_entry:
+                continue
+            value = message_fields(f.message_type, depth + 1)
+        else:
+            value = _SCALARS[f.type]
+        is_repeated = getattr(f, "is_repeated", None)
+        repeated = is_repeated if is_repeated is not None else f.label == FieldDescriptor.LABEL_REPEATED
+        fields[f.name] = st.lists(value, max_size=8) if repeated else value
+    return st.fixed_dictionaries({}, optional=fields)
+
+
+def build(cls, values: dict):
+    msg = cls()
+    for name, value in values.items():
+        field = cls.DESCRIPTOR.fields_by_name[name]
+        if field.type == FieldDescriptor.TYPE_MESSAGE:
+            sub = field.message_type._concrete_class
+            if isinstance(value, list):
+                getattr(msg, name).extend(build(sub, v) for v in value)
+            else:
+                getattr(msg, name).CopyFrom(build(sub, value))
+        elif isinstance(value, list):
+            getattr(msg, name).extend(value)
+        else:
+            setattr(msg, name, value)
+    return msg
+
+
+def tiny_model() -> tuple[bytes, bytes, str]:
+    model = build_model("mlp", (1, 8, 8), 10, seed=0)
+    x = torch.rand(20, 1, 8, 8)
+    y = torch.arange(20) % 10
+    arch = json.dumps({"model": "mlp", "in_shape": [1, 8, 8], "num_classes": 10})
+    return to_bytes(model.state_dict()), to_bytes({"x": x, "y": y}), arch
+
+
+WEIGHTS, DATA, ARCH = tiny_model()
+SETTING_KEYS = sorted(FIUnSettings().to_dict())
+json_values = st.one_of(st.none(), st.booleans(), st.integers(-10, 10**6), st.floats(allow_nan=False),
+                        st.text(max_size=20))
+
+
+@st.composite
+def calls(draw) -> tuple[str, str, object, bool]:
+    service, method, cls, streams = draw(st.sampled_from(METHODS))
+    values = draw(message_fields(cls.DESCRIPTOR))
+    # Plausible-looking variants reach past the first checks into the agent.
+    if method == "PublishModel" and draw(st.booleans()):
+        values.update(weights=WEIGHTS, data=DATA, architecture_json=draw(st.sampled_from([ARCH, ARCH, "[]", "{"])))
+        if draw(st.booleans()):  # a usable id and no parents: only labels/head tensors left to be wrong
+            values.update(model_id=draw(st.from_regex(r"[a-z][a-z0-9]{0,12}", fullmatch=True)), parents=[],
+                          head_tensors=draw(st.sampled_from([[], ["head.weight", "head.bias"], ["x"]])))
+    if method == "RequestUnlearning" and draw(st.booleans()):
+        values["settings_json"] = json.dumps(draw(st.dictionaries(st.sampled_from(SETTING_KEYS + ["bogus"]),
+                                                                  json_values, max_size=3)))
+        values["forget_labels"] = draw(st.lists(st.integers(-3, 12), max_size=4))
+    if method in ("Fetch", "GetRequest") and draw(st.booleans()):
+        key = "digest" if method == "Fetch" else "request_id"
+        values[key] = draw(st.sampled_from(["0" * 64, "A" * 64, "../../etc/passwd", "", "r" * 200]))
+    return service, method, build(cls, values), streams
+
+
+def invoke(channel: grpc.Channel, service: str, method: str, request, streams: bool) -> grpc.StatusCode:
+    path = f"/{service}/{method}"
+    serialize = (lambda b: b) if isinstance(request, bytes) else (lambda m: m.SerializeToString())
+    try:
+        if streams:
+            for _ in channel.unary_stream(path, request_serializer=serialize)(request, timeout=60):
+                pass
+        else:
+            channel.unary_unary(path, request_serializer=serialize)(request, timeout=60)
+    except grpc.RpcError as exc:
+        assert exc.code() in CLIENT_ERRORS, (method, exc.code(), exc.details(), request)
+        assert exc.details(), (method, exc.code())           # always says why
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report():
+    yield
+    out = os.environ.get("FIUN_FUZZ_REPORT")
+    if out and TALLY:
+        path = Path(out)
+        path.with_name(f"{path.stem}-services{path.suffix}").write_text(
+            json.dumps(dict(sorted(TALLY.items())), indent=2) + "\n")
+
+
+def test_fuzz_every_method_with_generated_messages(tmp_path: Path) -> None:
+    with AgentHost(tmp_path / "h", token=TOKEN) as host, open_channel(host.target, token=TOKEN) as channel:
+
+        @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                          HealthCheck.data_too_large])
+        @given(call=calls())
+        def run(call) -> None:
+            service, method, request, streams = call
+            TALLY[f"{method}:{invoke(channel, service, method, request, streams).name}"] += 1
+
+        run()
+        status = open_channel(host.target, token=TOKEN)
+        with status:
+            stub_status = status.unary_unary("/fiun.v1.AdminService/Status",
+                                             request_serializer=lambda m: m.SerializeToString(),
+                                             response_deserializer=admin_pb2.StatusReply.FromString)
+            assert stub_status(admin_pb2.StatusRequest(), timeout=10).name == "host"   # still serving
+    assert {k.split(":")[0] for k in TALLY} == {m for _, m, _, _ in METHODS}         # every method was hit
+
+
+def test_fuzz_every_method_with_raw_bytes(tmp_path: Path) -> None:
+    with AgentHost(tmp_path / "h", token=TOKEN) as host, open_channel(host.target, token=TOKEN) as channel:
+        seen: Counter = Counter()
+
+        @settings(max_examples=200, deadline=None)
+        @given(target=st.sampled_from(METHODS), data=st.binary(max_size=512))
+        def run(target, data: bytes) -> None:
+            service, method, _, streams = target
+            code = invoke(channel, service, method, data, streams)
+            seen[code] += 1
+            TALLY[f"raw:{method}:{code.name}"] += 1
+
+        run()
+        # Undecodable bytes are the caller's error, and say which method they were sent to.
+        with pytest.raises(grpc.RpcError) as info:
+            channel.unary_unary("/fiun.v1.AdminService/GetRequest", request_serializer=lambda b: b)(
+                b"\xff\xff\xff", timeout=10)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "GetRequest" in info.value.details()
+        assert seen[grpc.StatusCode.INVALID_ARGUMENT] > 0
+
+
+def test_oversize_messages_are_refused_and_the_server_keeps_serving(tmp_path: Path) -> None:
+    with AgentHost(tmp_path / "h", token=TOKEN, max_message_bytes=1 << 20) as host, \
+            open_channel(host.target, token=TOKEN) as channel:
+        for service, method, request in (
+                ("fiun.v1.RecordService", "Push", records_pb2.Envelope(data=b"x" * (2 << 20))),
+                ("fiun.v1.AdminService", "PublishModel",
+                 admin_pb2.PublishModelRequest(model_id="big", weights=b"w" * (2 << 20), data=b"d"))):
+            with pytest.raises(grpc.RpcError) as info:
+                channel.unary_unary(f"/{service}/{method}", request_serializer=lambda m: m.SerializeToString())(
+                    request, timeout=30)
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, info.value
+        # A record over the 256 KiB record limit but under the message limit: refused and counted.
+        reply = channel.unary_unary("/fiun.v1.RecordService/Push", request_serializer=lambda m: m.SerializeToString(),
+                                    response_deserializer=records_pb2.PushReply.FromString)(
+            records_pb2.Envelope(data=b"{" * (300 << 10)), timeout=30)
+        assert not reply.accepted and reply.reason == "too_large"
+        assert host.call(host.store.counters)["rejected_too_large"] == 1
+        assert host.call(host.store.record_count) == 0

@@ -1,0 +1,155 @@
+"""Who may say what: every peer checks, on ingest, that a record's signer is entitled to it.
+
+These feed a real Agent over a real Store (no network: the rules are what is under test)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from fiun_peer import records as R
+from fiun_peer.agent import Agent
+from fiun_peer.identity import Identity
+from fiun_peer.policy import PolicyError, RequesterPolicy
+from fiun_peer.store import Store
+
+ME = Identity.from_seed(bytes([1]) * 32, "me")
+ALICE = Identity.from_seed(bytes([2]) * 32, "alice")     # owns g (labels 0-4): discovery for 3
+BOB = Identity.from_seed(bytes([3]) * 32, "bob")         # owns a (labels 5-9), child of g
+MALLORY = Identity.from_seed(bytes([4]) * 32, "mallory")  # owns nothing
+DATA_SUBJECT = Identity.from_seed(bytes([5]) * 32, "subject")
+
+
+def d(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def lineage(who: Identity, model: str, labels: list[int], parents: tuple[str, ...] = (), version: int = 1,
+            digest: str | None = None) -> R.Record:
+    return R.build_lineage(
+        who, model_id=model, model_digest=digest or d(f"{model}-v{version}"), version=version,
+        parents=[{"model_id": p, "digest": d(f"{p}-v1"), "relation": "finetune"} for p in parents],
+        relation="finetune" if parents else "root", labels=labels, head_tensors=["head.weight", "head.bias"],
+        architecture={"model": "mlp", "in_shape": [1, 8, 8], "num_classes": 10},
+        model_fisher_digests={"empirical": d(f"{model}-mf")}, data_digest=d(f"{model}-data"),
+        previous_digest=None if version == 1 else d(f"{model}-v{version - 1}"))
+
+
+def announcement(who: Identity, model: str, request: str = "r1", fisher: str = "f1") -> R.Record:
+    return R.build_announcement(who, request_id=request, model_id=model, model_digest=d(f"{model}-v1"),
+                                fisher_digest=d(fisher), shapes={"weight": [10, 16], "bias": [10]},
+                                estimator="empirical", labels=[3])
+
+
+def receipt(who: Identity, model: str, request: str = "r1", new: str = "new") -> R.Record:
+    return R.build_receipt(who, request_id=request, model_id=model, old_digest=d(f"{model}-v1"), new_digest=d(new))
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Agent:
+    store = Store(tmp_path)
+    a = Agent(ME, store, publish=None, fetch_blob=None,
+              requesters=RequesterPolicy.of([DATA_SUBJECT.public_key_hex]))
+    for rec in (lineage(ALICE, "g", [0, 1, 2, 3, 4]), lineage(BOB, "a", [5, 6, 7, 8, 9], ("g",))):
+        assert a.ingest(rec.envelope, source="test")[0]
+    yield a
+    store.close()
+
+
+def ingest(agent: Agent, rec: R.Record) -> str:
+    accepted, record_id, reason = agent.ingest(rec.envelope, source="test")
+    assert record_id == rec.record_id
+    assert accepted == (reason in ("accepted", "duplicate"))
+    return reason
+
+
+def test_lineage_only_from_the_owner(agent: Agent) -> None:
+    records = agent.store.record_count()
+    assert ingest(agent, lineage(MALLORY, "g", [0, 1])) == "not_owner"             # claiming a taken id
+    assert ingest(agent, lineage(MALLORY, "g", [0, 1, 2, 3, 4], version=2)) == "not_owner"
+    assert ingest(agent, lineage(ALICE, "g", [0, 1, 9])) == "conflict"              # a second version 1
+    assert ingest(agent, lineage(ALICE, "g", [0, 1, 2, 3, 4], version=2)) == "accepted"
+    assert agent.store.record_count() == records + 1
+    assert agent.view.owner("g") == ALICE.public_key_hex
+    c = agent.store.counters()
+    assert (c["rejected_not_owner"], c["rejected_conflict"]) == (2, 1)
+
+
+def test_a_later_version_before_its_first_is_deferred_then_accepted(agent: Agent) -> None:
+    v2 = lineage(MALLORY, "m", [1], version=2)
+    assert ingest(agent, v2) == "unknown_subject"
+    assert ingest(agent, v2) == "unknown_subject"           # sync offers it again: counted once
+    assert agent.store.counters()["rejected_unknown_subject"] == 1
+    assert ingest(agent, lineage(MALLORY, "m", [1])) == "accepted"
+    assert ingest(agent, v2) == "duplicate"                 # taken from the waiting list already
+
+
+def test_requester_policy(agent: Agent) -> None:
+    m1 = R.build_request(MALLORY, request_id="m1", forget_labels=[3])
+    assert ingest(agent, m1) == "not_requester"
+    assert ingest(agent, R.build_request(BOB, request_id="b1", forget_labels=[3])) == "accepted"       # a member
+    assert ingest(agent, R.build_request(ME, request_id="me1", forget_labels=[3])) == "accepted"       # own key
+    assert ingest(agent, R.build_request(DATA_SUBJECT, request_id="s1", forget_labels=[3])) == "accepted"  # listed
+    assert ingest(agent, R.build_request(ALICE, request_id="b1", forget_labels=[4])) == "conflict"    # id taken
+    # Mallory becomes a member by publishing a model; her waiting request now passes.
+    assert ingest(agent, lineage(MALLORY, "mm", [1])) == "accepted"
+    assert agent.store.has_record(m1.record_id) and ingest(agent, m1) == "duplicate"
+    with pytest.raises(PolicyError, match="64 hex"):
+        RequesterPolicy.of(["abc"])
+
+
+def test_announcements_only_from_the_owner_of_a_discovery_model(agent: Agent) -> None:
+    first = announcement(ALICE, "g")
+    assert ingest(agent, first) == "unknown_subject"                          # request not here yet
+    assert ingest(agent, R.build_request(BOB, request_id="r1", forget_labels=[3])) == "accepted"
+    assert ingest(agent, first) == "duplicate"                                # taken once it could be
+    assert ingest(agent, announcement(MALLORY, "g")) == "not_owner"
+    assert ingest(agent, announcement(BOB, "a")) == "not_discovery"            # a's data holds no label 3
+    assert ingest(agent, announcement(ALICE, "nope")) == "unknown_subject"
+    assert agent._by("announcement", "r1")["g"].record_id == first.record_id
+
+
+def test_a_second_different_fisher_is_flagged_and_ignored(agent: Agent) -> None:
+    ingest(agent, R.build_request(BOB, request_id="r1", forget_labels=[3]))
+    first, second = announcement(ALICE, "g", fisher="f1"), announcement(ALICE, "g", fisher="f2")
+    assert ingest(agent, first) == "accepted"
+    assert ingest(agent, second) == "equivocation"
+    assert ingest(agent, second) == "equivocation"            # offered again: flagged once
+    assert agent._by("announcement", "r1")["g"].record_id == first.record_id
+    c = agent.store.counters()
+    assert c["rejected_equivocation"] == 1 and c["equivocations"] == 1
+    _, progress, _ = agent.request_progress("r1")
+    why = {p.model_id: p.why_pending for p in progress}
+    assert "flagged" in why["g"] and ALICE.public_key_hex[:16] in why["g"] and "only the first" in why["g"]
+    assert not agent.store.has_record(second.record_id)
+
+
+def test_receipts_only_from_the_owner(agent: Agent) -> None:
+    ingest(agent, R.build_request(BOB, request_id="r1", forget_labels=[3]))
+    assert ingest(agent, receipt(MALLORY, "a")) == "not_owner"
+    assert ingest(agent, receipt(ALICE, "a")) == "not_owner"
+    assert ingest(agent, receipt(BOB, "a", request="unknown")) == "unknown_subject"
+    assert ingest(agent, receipt(BOB, "a")) == "accepted"
+    assert ingest(agent, receipt(BOB, "a", new="other")) == "equivocation"
+    _, progress, _ = agent.request_progress("r1")
+    assert {p.model_id: p.state for p in progress}["a"] == "applied"
+
+
+def test_deferred_records_are_taken_once_what_they_lack_arrives(agent: Agent) -> None:
+    """Gossip keeps no order between senders: an announcement may beat its request, a later version
+    its first. They wait in the peer and are stored as soon as the missing record is."""
+    ann = announcement(ALICE, "g", request="late")
+    v2 = lineage(MALLORY, "n", [1], version=2)
+    assert ingest(agent, ann) == "unknown_subject" and ingest(agent, v2) == "unknown_subject"
+    assert ingest(agent, R.build_request(BOB, request_id="late", forget_labels=[3])) == "accepted"
+    assert agent.store.has_record(ann.record_id)           # no second offer needed
+    assert ingest(agent, lineage(MALLORY, "n", [1])) == "accepted"
+    assert agent.store.has_record(v2.record_id)
+    # A deferred forgery stays refused when the missing record arrives.
+    forged = announcement(MALLORY, "z", request="late")
+    assert ingest(agent, forged) == "unknown_subject"                 # z not known yet
+    assert ingest(agent, lineage(ALICE, "z", [3])) == "accepted"      # z is Alice's, not Mallory's
+    assert not agent.store.has_record(forged.record_id)
+    assert agent.store.counters()["rejected_not_owner"] == 1
