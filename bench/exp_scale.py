@@ -212,6 +212,16 @@ def section(result: dict, command: str, png: str) -> str:
     return "\n".join(lines)
 
 
+def write_outputs(result: dict, out: Path, command: str, *, results_md: bool) -> None:
+    """The JSON, its PNG next to it and (optionally) the RESULTS.md section, all naming ``command``."""
+    png = out.with_suffix(".png")
+    result["command"], result["png"] = command, str(png)
+    out.write_text(json.dumps(json_ready(result), indent=1) + "\n")
+    plot(result, png, command)
+    if results_md:
+        nx.write_section("scale", section(result, command, str(png)))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=0)
@@ -237,13 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         drop = {args.from_partial, *args.not_finished}
         stopped = [a for a in raw if a not in drop and a not in ("--from-partial", "--not-finished")]
         command = " ".join(["bench/exp_scale.py", *stopped])
-        png = out.with_suffix(".png")
-        result["command"], result["png"] = command, str(png)
-        out.write_text(json.dumps(json_ready(result), indent=1) + "\n")
-        plot(result, png, command)
-        if not args.no_results_md:
-            nx.write_section("scale", section(result, command, str(png)))
-        print(f"wrote {out}, {png}")
+        write_outputs(result, out, command, results_md=not args.no_results_md)
+        print(f"wrote {out}, {result['png']}")
         return 0
     partial = out.with_suffix(".partial.json")
     result = run_scale(sizes=tuple(int(n) for n in args.sizes.split(",")), reps=args.reps, seed=args.seed,
@@ -251,12 +256,7 @@ def main(argv: list[str] | None = None) -> int:
                        on_cell=lambda r: partial.write_text(json.dumps(json_ready(r), indent=1)))
     partial.unlink(missing_ok=True)
     command = " ".join(["bench/exp_scale.py", *raw])
-    png = out.with_suffix(".png")
-    result["command"], result["png"] = command, str(png)
-    out.write_text(json.dumps(json_ready(result), indent=1) + "\n")
-    plot(result, png, command)
-    if not args.no_results_md:
-        nx.write_section("scale", section(result, command, str(png)))
+    write_outputs(result, out, command, results_md=not args.no_results_md)
     for c in result["cells"]:
         lp = c["lineage_propagation"]["reach_all_s"]
         print(f"N={c['n_peers']}: lineage reach median {lp['median']:.2f}s p99 {lp['p99']:.2f}s, request -> all "
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{c['memory']['peak_uss_mib']['max']:.0f} MiB")
     for s in result["skipped"]:
         print(f"N={s['n_peers']}: skipped ({s['reason']})")
-    print(f"wrote {out}, {png}")
+    print(f"wrote {out}, {result['png']}")
     return 0
 
 

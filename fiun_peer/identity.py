@@ -22,6 +22,8 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.keys import KeyPair
 from libp2p.peer.id import ID
 
+from fiun_peer.files import fsync_dir, write_atomic
+
 KEY_FILE = "identity.key"
 INFO_FILE = "identity.json"
 SEED_BYTES = 32
@@ -65,7 +67,7 @@ class Identity:
         identity = cls.generate(name)
         _write_secret_no_clobber(key_path, identity._seed)
         info = {"name": name, "public_key": identity.public_key_hex}
-        _write_text_atomic(home / INFO_FILE, json.dumps(info, indent=2, sort_keys=True) + "\n")
+        write_atomic(home / INFO_FILE, (json.dumps(info, indent=2, sort_keys=True) + "\n").encode(), mode=0o644)
         return identity
 
     @classmethod
@@ -153,22 +155,4 @@ def _write_secret_no_clobber(path: Path, data: bytes) -> None:
         raise IdentityError(f"{path} already exists; refusing to overwrite an identity key") from None
     finally:
         tmp.unlink()
-    _fsync_dir(path.parent)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(path.parent)

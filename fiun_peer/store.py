@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from fiun_peer import faults
+from fiun_peer.files import TMP_SUFFIX, write_atomic
+from fiun_peer.files import fsync_dir as _fsync_dir
 from fiun_peer.records import Record, is_digest, parse_record, record_id_of
 
 DB_FILE = "store.sqlite"
 BLOB_DIR = "blobs"
 _COPY_CHUNK = 1 << 20
-TMP_SUFFIX = ".tmp"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -45,37 +46,6 @@ CREATE INDEX IF NOT EXISTS records_kind ON records (kind, seq);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes, *, mode: int = 0o600) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one, whole."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            view, half = memoryview(data), len(data) // 2
-            fh.write(view[:half])
-            fh.flush()
-            faults.point("mid_write", path.name)  # a crash here leaves half a temp file, never a torn blob
-            fh.write(view[half:])
-            fh.flush()
-            os.fchmod(fh.fileno(), mode)
-            os.fsync(fh.fileno())
-        faults.point("before_rename", path.name)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)  # make the rename itself durable
 
 
 class Store:
