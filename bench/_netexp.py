@@ -255,8 +255,22 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
+def wait_quiet(pids: list[int], *, per_peer: float = 0.03, probe_s: float = 2.0, timeout: float = 120.0) -> dict:
+    """Wait until the peer processes burn under ``per_peer`` cores each (averaged over
+    ``probe_s``): a cluster just started is still syncing and greeting, and on shared cores that
+    work would be counted in the next request's time. Returns the waited seconds and last rate."""
+    t0 = time.time()
+    while True:
+        c = cpu_seconds(pids)
+        time.sleep(probe_s)
+        rate = (cpu_seconds(pids) - c) / probe_s
+        if rate <= per_peer * len(pids) or time.time() - t0 > timeout:
+            return {"waited_s": time.time() - t0, "cpu_rate": rate, "quiet": rate <= per_peer * len(pids)}
+
+
 def run_request(requester: Peer, owners: dict[str, Peer], peers: list[Peer], forget: tuple[int, ...],
-                request_id: str, *, timeout: float, idle_probe_s: float = 2.0) -> dict:
+                request_id: str, *, timeout: float, idle_probe_s: float = 2.0,
+                quiet_timeout: float = 120.0) -> dict:
     """Submit one request to ``requester`` and read, once every peer reports it done, the times the
     peers recorded. All times are seconds after the client's submit time:
 
@@ -268,14 +282,18 @@ def run_request(requester: Peer, owners: dict[str, Peer], peers: list[Peer], for
 
     Also the CPU the peer processes burn: at rest (``idle_cpu_rate``: CPU-s per s over
     ``idle_probe_s`` just before) and from submit until the requester is done (``request_cpu_s``,
-    idle share subtracted). On a machine with fewer cores than peers, ``request_cpu_s / cores`` is a
+    idle share subtracted; per peer in ``peer_request_cpu_s``). On a machine with fewer cores than peers, ``request_cpu_s / cores`` is a
     floor under the wall time that a network of separate machines would not pay.
     """
     pids = [p.proc.pid for p in peers if p.proc is not None]
-    c_idle = cpu_seconds(pids)
+    by_name = {p.name: p.proc.pid for p in peers if p.proc is not None}
+    quiet = wait_quiet(pids, timeout=quiet_timeout)
+    c_idle = {n: cpu_seconds([pid]) for n, pid in by_name.items()}
     time.sleep(idle_probe_s)
-    idle_rate = (cpu_seconds(pids) - c_idle) / idle_probe_s
-    c0 = cpu_seconds(pids)
+    idle_each = {n: (cpu_seconds([pid]) - c_idle[n]) / idle_probe_s for n, pid in by_name.items()}
+    idle_rate = sum(idle_each.values())
+    c0_each = {n: cpu_seconds([pid]) for n, pid in by_name.items()}
+    c0 = sum(c0_each.values())
     t0 = time.time()
     reply = call(requester.admin.RequestUnlearning, admin_pb2.RequestUnlearningRequest(  # idempotent by id
         forget_labels=list(forget), request_id=request_id), timeout=60)
@@ -283,6 +301,8 @@ def run_request(requester: Peer, owners: dict[str, Peer], peers: list[Peer], for
     wait_all_done([requester], request_id, timeout=timeout)
     polled = time.time() - t0
     request_cpu = cpu_seconds(pids) - c0 - idle_rate * polled
+    # Per peer: what each one spent on the request (its own share of work, whatever the depth).
+    peer_cpu = {n: cpu_seconds([pid]) - c0_each[n] - idle_each[n] * polled for n, pid in by_name.items()}
     everywhere = wait_all_done(peers, request_id, timeout=timeout)
     affected = list(reply.affected_models)
     at_requester = {m.model_id: m.applied_at - t0 for m in everywhere[requester.name].models}
@@ -293,7 +313,8 @@ def run_request(requester: Peer, owners: dict[str, Peer], peers: list[Peer], for
     latest = [x.applied_at - t0 for r in everywhere.values() for x in r.models]
     return {"request_id": request_id, "forget": list(forget), "t_submit": t0, "affected": affected,
             "discovery": list(reply.discovery_models), "states": states, "ack_s": ack,
-            "polled_done_at_requester_s": polled, "idle_cpu_rate": idle_rate, "request_cpu_s": request_cpu,
+            "polled_done_at_requester_s": polled, "idle_cpu_rate": idle_rate, "settle": quiet,
+            "request_cpu_s": request_cpu, "peer_request_cpu_s": peer_cpu,
             "cores": os.cpu_count(), "received": received, "applied": applied,
             "receipt_at_requester": at_requester,
             "last_receipt_at_requester": max(at_requester.values()), "last_applied": max(applied.values()),

@@ -114,7 +114,7 @@ class Agent:
         self.identity = identity
         self.requesters = requesters or RequesterPolicy()
         self.store = store
-        self._publish = publish              # async fn(bytes): gossip the envelope
+        self._publish = publish              # async fn(bytes, push_to, gossip): send it (see publish_record)
         self._fetch_blob = fetch_blob        # blocking fn(grpc target, digest) -> verified bytes
         self.defaults = defaults or FIUnSettings()
         self.peers: dict[str, str] = {}      # public key hex -> gRPC address (learned from hellos)
@@ -215,11 +215,35 @@ class Agent:
         self._kick.set()
 
     async def publish_record(self, rec: Record) -> None:
+        """Store our own record, then hand it to ``publish`` with the gRPC addresses that should get it
+        at once by direct push (None: every known peer) and whether to gossip it; anti-entropy sync
+        takes every record to everyone in the end."""
         self.ingest(rec.envelope, source="local")
+        push_to, gossip = self._delivery(rec)
         try:
-            await self._publish(rec.envelope)
+            await self._publish(rec.envelope, push_to, gossip)
         except Exception as exc:  # gossip is best effort; anti-entropy sync repairs any gap
             log.warning("gossip publish failed", extra={"event": "publish_failed", "detail": str(exc)})
+
+    def _delivery(self, rec: Record) -> tuple[list[str] | None, bool]:
+        """(push to, gossip?) for our own record. Models and requests concern every peer (any of them
+        may own an affected model): pushed to all and gossiped. A request makes an announcement per
+        discovery model and a receipt and a new version per affected model; sending each of those
+        to every peer would cost O(N^2) deliveries per request, and a gossip delivery costs tens of
+        ms of CPU in py-libp2p. So an announcement is pushed to the owners of the models that
+        inherit from ours (the only ones that merge it), a receipt to the requester only (it
+        completes the request there), a later model version to no one, none of them is gossiped,
+        and anti-entropy sync spreads all of them to everyone."""
+        if rec.kind == "announcement":
+            heirs = {self.view.owner(d) for d in self.view.umig.descendants(rec.predicate["model_id"])}
+            return sorted({self.peers[k] for k in heirs if k in self.peers}), False
+        if rec.kind == "receipt":
+            request = self._request_record(rec.predicate["request_id"])
+            addr = self.peers.get(request.signer) if request is not None else None
+            return ([addr] if addr else []), False
+        if rec.kind == "lineage" and rec.predicate["version"] > 1:
+            return [], False
+        return None, True
 
     # -- admin: publish -----------------------------------------------------------------------
     async def publish_model(self, *, model_id: str, weights: bytes, data: bytes, parents: list[tuple[str, str]],

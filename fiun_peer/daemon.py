@@ -26,11 +26,12 @@ from .admin import AdminServicer
 from .agent import Agent
 from .auth import DEFAULT_ADMIN_CN, AdminAuth, AuthError, ClientTLS, ServerTLS, ensure_token
 from .bridge import TrioBridge
-from .gossip import GossipError, GossipNode
+from .gossip import GossipConfig, GossipError, GossipNode
 from .identity import Identity
 from .join import join_via, split_bootstrap
 from .metrics import GossipView, PeerMetrics, parse_bind
 from .policy import RequesterPolicy
+from .rpc.channel import ChannelPool
 from .rpc.fisher_service import FisherServicer, fetch_blob
 from .rpc.record_service import RecordServicer, identify_peer, push_record, sync_records
 from .rpc.server import make_server, set_serving
@@ -44,6 +45,10 @@ PEER_DEGREE = 6
 PUSH_PARALLEL = 8
 #: Peers asked per anti-entropy round (chosen at random, so every pair meets within a few rounds).
 SYNC_FANOUT = 3
+#: Seconds between pushing a record and gossiping it. Gossip is the safety net for peers we do not
+#: know yet; every peer pays tens of ms of CPU to forward one gossip message (py-libp2p), so on
+#: shared cores gossiping at once would slow the unlearning that the push has just started.
+GOSSIP_DELAY = 2.0
 
 
 async def serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str = "/ip4/127.0.0.1/tcp/0",
@@ -78,34 +83,38 @@ async def serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str =
 
     push_nursery: trio.Nursery | None = None
     push_slots = trio.CapacityLimiter(PUSH_PARALLEL)
+    channels = ChannelPool(tls=client_tls)  # one per peer, for pushes, syncs and Fisher pulls
 
     async def push_to(target: str, data: bytes) -> None:
         try:
             await trio.to_thread.run_sync(
-                functools.partial(push_record, target, data, timeout=10.0, tls=client_tls), limiter=push_slots)
+                functools.partial(push_record, channels.get(target), data, timeout=10.0), limiter=push_slots)
         except Exception as exc:  # gossip and anti-entropy still carry it
             log.debug("push failed", extra={"event": "push_failed", "target": target, "detail": str(exc)})
 
-    async def publish(data: bytes) -> None:
-        # Our own records go straight to every known peer over gRPC first: one hop, whatever the
-        # gossip mesh looks like (and gossip's publish may wait on a slow peer's queue), so a
-        # request's latency does not grow with the lineage's depth. Gossip reaches peers we have
-        # not heard of yet; anti-entropy repairs the rest.
+    async def publish(data: bytes, push_to_addrs: list[str] | None = None, gossip_too: bool = True) -> None:
+        # Our own records go straight to the peers that act on them (the agent names them; None:
+        # every known peer) over gRPC first: one hop, whatever the gossip mesh looks like (and
+        # gossip's publish may wait on a slow peer's queue), so a request's latency does not grow
+        # with the lineage's depth. Gossip reaches everyone else; anti-entropy repairs the rest.
         if push_nursery is None:  # not started yet: nothing to tell anyone
             return
-        for target in sorted(set(agent.peers.values())):
+        for target in sorted(set(agent.peers.values() if push_to_addrs is None else push_to_addrs)):
             push_nursery.start_soon(push_to, target, data)
-        if node is not None and node.is_up:
+        if gossip_too and node is not None and node.is_up:
             push_nursery.start_soon(gossip, data)  # in the background: the agent does not wait on it
 
     async def gossip(data: bytes) -> None:
+        await trio.sleep(GOSSIP_DELAY)
         try:
             await node.publish(data)  # serialised and paced inside the node, so order is kept
         except Exception as exc:  # best effort; anti-entropy sync repairs any gap
             log.warning("gossip publish failed", extra={"event": "publish_failed", "detail": str(exc)})
 
-    agent = Agent(identity, store, publish=publish, fetch_blob=functools.partial(fetch_blob, tls=client_tls),
-                  requesters=requester_policy)
+    def fetch(target: str, digest: str) -> bytes:
+        return fetch_blob(channels.get(target), digest)
+
+    agent = Agent(identity, store, publish=publish, fetch_blob=fetch, requesters=requester_policy)
     health_servicer = health.HealthServicer()  # make_server leaves it NOT_SERVING until we are ready
 
     def status() -> dict:
@@ -125,8 +134,14 @@ async def serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str =
         return {"peer_id": identity.peer_id, "public_key": identity.public_key_hex, "name": identity.name,
                 "p2p_addresses": addrs, "grpc_address": grpc_address}
 
+    def on_sync_hello(blob: bytes) -> None:  # from a gRPC thread (heard is defined below)
+        try:
+            bridge.call_sync(functools.partial(heard, blob, None))
+        except Exception as exc:  # shutting down, or a hello that makes no sense: the sync goes on
+            log.debug("sync hello ignored", extra={"event": "sync_hello_ignored", "detail": str(exc)})
+
     server, port = make_server(grpc_bind, AdminServicer(agent, bridge, status), FisherServicer(store),
-                               RecordServicer(store, on_push, identify), health_servicer=health_servicer,
+                               RecordServicer(store, on_push, identify, on_sync_hello), health_servicer=health_servicer,
                                tls=server_tls, admin_auth=admin_auth, count=store.incr)
     grpc_address = advertise_grpc or _reachable(grpc_bind, port)
     server.start()
@@ -135,8 +150,8 @@ async def serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str =
 
     async def sync_with(target: str) -> None:
         try:
-            envelopes = await trio.to_thread.run_sync(
-                functools.partial(sync_records, target, store.record_ids(), tls=client_tls))
+            envelopes = await trio.to_thread.run_sync(functools.partial(
+                sync_records, channels.get(target), store.record_ids(), hello=node.announce or b""))
         except Exception as exc:  # the peer may be gone; the next round retries
             log.debug("sync failed", extra={"event": "sync_failed", "target": target, "detail": str(exc)})
             return
@@ -160,20 +175,35 @@ async def serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str =
         finally:
             dialing.discard(sender)
 
-    async def on_hello(blob: bytes, sender: str) -> None:
+    acted_on: dict[str, bytes] = {}  # gRPC address -> the hello last acted on
+
+    def heard(blob: bytes, sender: str | None) -> None:
+        """A peer's hello, by gossip (``sender``: its libp2p peer id; the gossip layer passes on only
+        news: a new peer, a changed hello, a restart) or with its Sync call (``sender`` None)."""
         learned = agent.learn_peer(blob)
-        if not learned:
+        if not learned or push_nursery is None:
             return
         addr, p2p = learned
-        nursery.start_soon(sync_with, addr)  # catch up with a new or restarted peer at once
+        if sender is None:
+            if acted_on.get(addr) == blob:  # it syncs every few seconds: act on news only
+                return
+            sender = _peer_id_of(p2p)
+        acted_on[addr] = blob
+        # Catch up with a new or restarted peer at once; our Sync call also hands it our hello,
+        # which is how a newcomer learns of everybody (the gossip layer no longer replies).
+        nursery.start_soon(sync_with, addr)
         # Without this every peer hangs off its bootstrap peer alone (a star): GossipSub prunes the
         # hub's mesh, and most records then travel only by the slower anti-entropy sync.
         connected = set(node.connected_peers())
         wanted = len(connected) + len(dialing) < PEER_DEGREE
         # Only the smaller peer id dials: two peers dialling each other at once end up with two
         # connections, and when one closes py-libp2p's pubsub drops the peer for good.
-        if p2p and wanted and identity.peer_id < sender and sender not in connected and sender not in dialing:
+        if p2p and sender and wanted and identity.peer_id < sender and sender not in connected \
+                and sender not in dialing:
             nursery.start_soon(dial, sender, p2p)
+
+    async def on_hello(blob: bytes, sender: str) -> None:
+        heard(blob, sender)
 
     syncing: set[str] = set()
 
@@ -197,7 +227,8 @@ async def serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str =
                 nursery.start_soon(sync_once, target)
 
     node = GossipNode(identity.libp2p_keypair(), p2p_listen, on_message=on_message, on_hello=on_hello,
-                      bootstrap=maddrs, announce=hello, advertise_addrs=list(advertise_p2p or []))
+                      bootstrap=maddrs, announce=hello, advertise_addrs=list(advertise_p2p or []),
+                      config=GossipConfig(hello_replies=False))  # newcomers hear of us by Sync
 
     def gossip_sample() -> tuple[int, int]:  # for the metrics scrape thread
         def sample() -> tuple[int, int]:
@@ -240,6 +271,7 @@ async def serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str =
         health_servicer.enter_graceful_shutdown()
         bridge.close()
         server.stop(grace=1).wait()
+        channels.close()
         peer_metrics.close()
         run_file.unlink(missing_ok=True)
         store.close()
@@ -250,6 +282,15 @@ async def _stop_on_signal(signals, scope: trio.CancelScope) -> None:
         log.info("stopping", extra={"event": "peer_stopping", "signal": signal.Signals(sig).name})
         scope.cancel()
         return
+
+
+def _peer_id_of(p2p_addrs: list[str]) -> str:
+    """The peer id at the end of a libp2p address (``.../p2p/<id>``), or "" if there is none."""
+    for addr in p2p_addrs:
+        head, sep, peer_id = addr.rpartition("/p2p/")
+        if sep and peer_id and "/" not in peer_id:
+            return peer_id
+    return ""
 
 
 def _reachable(bind: str, port: int) -> str:

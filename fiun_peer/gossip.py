@@ -7,9 +7,13 @@ Topics
 ------
 * ``topic`` (default ``fiun/records/v1``): application payloads, delivered to ``on_message``.
 * ``fiun/hello/v1``: the *hello* protocol.  Each node that was given an ``announce`` blob (the agent
-  puts a small JSON there: gRPC address + public key) publishes it on this topic periodically
-  (``hello_interval``), soon after each new connection, and soon after it learns of a peer it had
+  puts a small JSON there: gRPC address + public key) publishes it on this topic once its first
+  connection is up, periodically (``hello_interval``, stretched as the network grows) and, with
+  ``hello_replies`` on, soon after each new connection and soon after it learns of a peer it had
   not heard from before (so a newcomer learns everybody within about a second, not an interval).
+  Every hello reaches every peer, so those replies cost O(N^2) deliveries when N peers start at
+  once, which saturates small machines from a few dozen peers on: the daemon turns them off and
+  hands its hello to a newcomer over gRPC instead (``RecordService.Sync``).
   On the wire a hello is ``HELLO_MAGIC + boot id (8 random bytes per run) + blob``.  Receivers
   call ``on_hello(blob, origin_peer_id)`` the first time they hear from a peer, whenever its blob
   changes, and when it restarted (new boot id): the agent's cue to run a catch-up sync with it.
@@ -52,7 +56,7 @@ from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
-from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
+from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, GossipSub
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.pubsub.rpc_queue import DefaultMaxMessageSize, OutBoundQueueSize
@@ -79,8 +83,10 @@ MAX_PAYLOAD_BYTES: int = MAX_RPC_BYTES - 16 * 1024
 
 SECURITY_PROTOCOLS: tuple[str, ...] = (str(NOISE_PROTOCOL_ID),)
 MUXER_PROTOCOLS: tuple[str, ...] = (str(YAMUX_PROTOCOL_ID),)
-# Newest first: multistream-select takes the first one both sides speak.
-GOSSIPSUB_PROTOCOLS: tuple[TProtocol, ...] = (PROTOCOL_ID_V12, PROTOCOL_ID_V11, PROTOCOL_ID)
+# Newest first: multistream-select takes the first one both sides speak. Not v1.2: its IDONTWANT
+# control messages pay off for large messages, and ours are small; py-libp2p sends one to every mesh
+# peer for every message received, which made forwarding about 40% dearer (measured, 17 peers).
+GOSSIPSUB_PROTOCOLS: tuple[TProtocol, ...] = (PROTOCOL_ID_V11, PROTOCOL_ID)
 
 MessageHandler = Callable[[bytes, str], Awaitable[None]]
 PeerHandler = Callable[[str, list[str]], Awaitable[None]]
@@ -115,8 +121,13 @@ class GossipConfig:
     #: stall publishing (that peer then misses messages and anti-entropy repairs it).
     publish_queue_high_water: int = OutBoundQueueSize // 2
     publish_backpressure_timeout: float = 5.0
-    #: Seconds between periodic hello announcements (newcomers are greeted sooner, see module doc).
-    hello_interval: float = 5.0
+    #: Seconds between periodic hello announcements, for up to ``hello_peers_per_interval`` known
+    #: peers; beyond that the interval grows in proportion, so the network-wide hello rate stays
+    #: bounded (each hello is delivered to every peer). A safety net only: see the module doc.
+    hello_interval: float = 30.0
+    hello_peers_per_interval: int = 8
+    #: Re-announce on each new connection and to each newcomer (see the module doc).
+    hello_replies: bool = True
     #: Minimum gap between two of our hellos, so a burst of new peers costs one hello.
     hello_min_gap: float = 0.25
     #: Bootstrap dialing: exponential backoff between failed dials, and how often a connected
@@ -210,6 +221,7 @@ class GossipNode:
         self._hello_boots: dict[str, bytes] = {}
         self._boot_id = os.urandom(_BOOT_ID_LEN)
         self._hello_wanted = trio.Event()
+        self._greeted = False  # a connection of this run has announced us (see _greet)
         # Peer connection bookkeeping: conns per peer, so the hook fires once per peer coming up.
         self._conns: dict[str, set[int]] = {}
         self._event_send: trio.MemorySendChannel[tuple[str, Any]] | None = None
@@ -558,25 +570,31 @@ class GossipNode:
             return
         self._hellos[sender] = blob
         self._hello_boots[sender] = boot
-        if new_boot:
+        if new_boot and self.config.hello_replies:
             self._hello_wanted.set()  # greet the newcomer (or restarted peer): it lacks our hello
         if self._on_hello is not None:
             await self._on_hello(blob, sender)
 
     async def _greet(self, peer_id: ID) -> None:
-        # Say hello once the new neighbour has subscribed to the hello topic, so it gets it.
+        # Say hello once the new neighbour has subscribed to the hello topic, so it gets it. Without
+        # replies, only the first connection of this run announces us (to the whole network).
         assert self._pubsub is not None
+        if self._greeted and not self.config.hello_replies:
+            return
         with trio.move_on_after(10.0):
             try:
                 await self._pubsub.wait_for_subscription(peer_id, HELLO_TOPIC, timeout=10.0)
             except trio.TooSlowError:
                 return
+            self._greeted = True
             self._hello_wanted.set()
 
     async def _hello_loop(self) -> None:
         c = self.config
         while True:
-            with trio.move_on_after(c.hello_interval):
+            # Jittered, so peers started together do not all announce at the same moment.
+            stretch = max(1.0, len(self._hellos) / max(1, c.hello_peers_per_interval))
+            with trio.move_on_after(c.hello_interval * stretch * random.uniform(0.75, 1.25)):
                 await self._hello_wanted.wait()
             self._hello_wanted = trio.Event()
             if self._announce is not None:

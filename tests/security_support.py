@@ -87,7 +87,7 @@ class CA:
 # -- an in-process peer ------------------------------------------------------------------------------
 
 
-async def _no_publish(data: bytes) -> None:
+async def _no_publish(data: bytes, push_to: list[str] | None = None, gossip: bool = True) -> None:
     return None
 
 
@@ -146,7 +146,7 @@ class AgentHost:
     async def _serve(self) -> None:
         self.store = Store(self.home)
 
-        async def publish(data: bytes) -> None:
+        async def publish(data: bytes, push_to: list[str] | None = None, gossip: bool = True) -> None:
             self.published.append(data)
 
         self.agent = Agent(self.identity, self.store, publish=publish, fetch_blob=self._fetch,

@@ -99,6 +99,16 @@ def test_fig2_multi_root_per_label_subgraphs():
     assert g.forget_labels_held("n_h", [0, 1, 2]) == frozenset()
 
 
+def test_fig2_descendants_are_who_merges_an_announcement():
+    g = fig2()
+    # n_s's Fisher is merged by its sub-graph for label 1, in topological order, itself excluded
+    assert g.descendants("n_s") == ["n_h", "n_j", "n_l", "n_p"]
+    assert g.descendants("n_a") == ["n_b", "n_p"]
+    assert g.descendants("n_p") == []
+    for m in g.models():
+        assert all(m in g.ancestors(d) for d in g.descendants(m)), m
+
+
 def test_fig2_imbalanced_path_nodes_appear_once():
     g = fig2()
     # the structure really is imbalanced: two routes of different length

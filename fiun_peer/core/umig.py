@@ -74,6 +74,11 @@ class UMIG:
         found = nx.ancestors(self._g, model_id)
         return [m for m in self.models() if m in found]
 
+    def descendants(self, model_id: str) -> list[str]:
+        """Every model that inherits from ``model_id``, directly or transitively (topological order)."""
+        found = nx.descendants(self._g, model_id)
+        return [m for m in self.models() if m in found]
+
     def depth(self, model_id: str) -> int:
         """Longest path length from any root to this model."""
         preds = list(self._g.predecessors(model_id))

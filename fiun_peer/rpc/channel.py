@@ -3,6 +3,7 @@ plaintext or TLS, optionally carrying the admin token."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -33,11 +34,13 @@ def open_channel(target: str, *, tls: ClientTLS | None = None, token: str | None
     ``token`` as bearer metadata on every call when given."""
     from fiun_peer.auth import with_token
 
+    return with_token(_new_channel(target, tls, channel_options(max_message_bytes)), token)
+
+
+def _new_channel(target: str, tls: ClientTLS | None, options: list[tuple[str, int]]) -> grpc.Channel:
     if tls is None:
-        channel = insecure_channel(target, max_message_bytes=max_message_bytes)
-    else:
-        channel = grpc.secure_channel(target, tls.credentials(), options=channel_options(max_message_bytes))
-    return with_token(channel, token)
+        return grpc.insecure_channel(target, options=options)
+    return grpc.secure_channel(target, tls.credentials(), options=options)
 
 
 @contextmanager
@@ -51,3 +54,38 @@ def as_channel(channel_or_target: grpc.Channel | str, *, tls: ClientTLS | None =
             channel.close()
     else:
         yield channel_or_target
+
+
+# A cached channel to a peer that was down must notice soon that it is back: gRPC's default
+# reconnect backoff grows to 120 s.
+_RECONNECT_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 200), ("grpc.min_reconnect_backoff_ms", 200),
+                      ("grpc.max_reconnect_backoff_ms", 2000)]
+
+
+class ChannelPool:
+    """One long-lived channel per peer address, shared by pushes, syncs and Fisher pulls (a channel
+    per call pays a TCP, and maybe TLS, handshake each time, which on a busy peer queues up).
+    Thread-safe; ``close`` closes them all."""
+
+    def __init__(self, *, tls: ClientTLS | None = None, max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
+        self._tls = tls
+        self._options = channel_options(max_message_bytes) + _RECONNECT_OPTIONS
+        self._channels: dict[str, grpc.Channel] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def get(self, target: str) -> grpc.Channel:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the channel pool is closed")
+            channel = self._channels.get(target)
+            if channel is None:
+                channel = self._channels[target] = _new_channel(target, self._tls, self._options)
+            return channel
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            channels, self._channels = list(self._channels.values()), {}
+        for channel in channels:
+            channel.close()

@@ -24,6 +24,10 @@ PushHandler = Callable[[bytes], tuple[bool, str, str]]
 # identify() -> PeerInfo fields (peer_id, public_key, name, p2p_addresses, grpc_address): the daemon's
 # addresses are known only once it runs, so it supplies them.
 IdentifyHandler = Callable[[], dict]
+# on_hello(hello blob) of a caller of Sync: the agent checks it as it checks a gossiped hello.
+HelloHandler = Callable[[bytes], None]
+# A hello is a small JSON (addresses and a key); anything much larger is not one.
+MAX_HELLO_BYTES = 16 * 1024
 # A Sync names what the caller holds; far more ids than any network has records is abuse, not sync.
 MAX_HAVE_IDS = 1_000_000
 
@@ -31,10 +35,12 @@ MAX_HAVE_IDS = 1_000_000
 class RecordServicer(records_pb2_grpc.RecordServiceServicer):
     """Serves the records of a :class:`~fiun_peer.store.Store`; hands pushes to ``on_push``."""
 
-    def __init__(self, store: Store, on_push: PushHandler, identify: IdentifyHandler | None = None) -> None:
+    def __init__(self, store: Store, on_push: PushHandler, identify: IdentifyHandler | None = None,
+                 on_hello: HelloHandler | None = None) -> None:
         self._store = store
         self._on_push = on_push
         self._identify = identify
+        self._on_hello = on_hello
 
     def Sync(self, request: records_pb2.SyncRequest,
              context: grpc.ServicerContext) -> Iterator[records_pb2.Envelope]:
@@ -45,6 +51,11 @@ class RecordServicer(records_pb2_grpc.RecordServiceServicer):
         if bad is not None:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           f"have_ids must be record ids (64 lowercase hex), got {bad[:80]!r}")
+        if len(request.hello) > MAX_HELLO_BYTES:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"hello is {len(request.hello)} bytes, at most {MAX_HELLO_BYTES} allowed")
+        if request.hello and self._on_hello is not None:
+            self._on_hello(request.hello)
         have = set(request.have_ids)
         for record in self._store.records():  # arrival order = oldest first
             if record.record_id not in have:
@@ -71,12 +82,13 @@ class RecordServicer(records_pb2_grpc.RecordServiceServicer):
         return records_pb2.PeerInfo(**info)
 
 
-def sync_records(target: grpc.Channel | str, have_ids: Iterable[str], *,
+def sync_records(target: grpc.Channel | str, have_ids: Iterable[str], *, hello: bytes = b"",
                  timeout: float = 30.0, tls: ClientTLS | None = None) -> list[bytes]:
-    """Envelopes the peer at ``target`` holds and we lack, oldest first. Verify each before use."""
+    """Envelopes the peer at ``target`` holds and we lack, oldest first. Verify each before use.
+    ``hello``: our hello blob, so the peer learns of us (see SyncRequest.hello)."""
     with as_channel(target, tls=tls) as channel:
         stub = records_pb2_grpc.RecordServiceStub(channel)
-        request = records_pb2.SyncRequest(have_ids=sorted(set(have_ids)))
+        request = records_pb2.SyncRequest(have_ids=sorted(set(have_ids)), hello=hello)
         return [envelope.data for envelope in stub.Sync(request, timeout=timeout)]
 
 

@@ -13,10 +13,12 @@ class Envelope(_message.Message):
     def __init__(self, data: _Optional[bytes] = ...) -> None: ...
 
 class SyncRequest(_message.Message):
-    __slots__ = ("have_ids",)
+    __slots__ = ("have_ids", "hello")
     HAVE_IDS_FIELD_NUMBER: _ClassVar[int]
+    HELLO_FIELD_NUMBER: _ClassVar[int]
     have_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, have_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    hello: bytes
+    def __init__(self, have_ids: _Optional[_Iterable[str]] = ..., hello: _Optional[bytes] = ...) -> None: ...
 
 class PushReply(_message.Message):
     __slots__ = ("accepted", "record_id", "reason")
