@@ -82,6 +82,7 @@ def measure(n: int, *, reps: int, seed: int, workdir: Path, startup_timeout: flo
         "request_to_all_receipts_at_requester_s": nx.median([r["last_receipt_at_requester"] for r in runs]),
         "request_to_all_receipts_everywhere_s": nx.median([r["all_receipts_everywhere"] for r in runs]),
         "request_to_last_apply_s": nx.median([r["last_applied"] for r in runs]),
+        "peer_cpu_floor_s": nx.median([r["request_cpu_s"] / r["cores"] for r in runs]),
         "receipt_sources_at_requester": {k: sum(r["receipts_at_requester"]["by_source"].get(k, 0) for r in runs)
                                          for k in ("local", "gossip", "sync", "push")},
         "all_applied": all(set(r["states"].values()) == {"applied"} and len(r["states"]) == n for r in runs),
@@ -183,31 +184,33 @@ def section(result: dict, command: str, png: str) -> str:
                 if result.get("partial") else ""), "",
              "Topology `fl_n(N-1)`: N-1 FL clients (every label) and their FedAvg g, one real `fiun-peer` "
              "process per model (no peers share a process). A lineage record's reach time is from its "
-             "publisher storing it (just before it gossips it) to the last peer storing it, from the peers' "
+             "publisher storing it (just before it pushes and gossips it) to the last peer storing it, from the peers' "
              "own `record_stored` log events; median and p99 over the N records. Request → all receipts is "
              "from submitting the request at c1 to the last receipt stored, at c1 and at every peer. Every "
              "client is a discovery node, so each request makes N-1 Fisher announcements and g merges all "
              "of them. Memory: peak per process over the run, sampled every 3 s; USS counts only the pages "
              "private to a process (RSS also counts the shared torch libraries in every peer).", "",
-             "| N | lineage reach, median (s) | p99 (s) | lineage via gossip / sync | request → all receipts at "
-             "requester (s) | … at every peer (s) | receipts at c1 via gossip / sync | libp2p conns min–max "
-             "| peak RSS max / median (MiB) | peak USS max / median (MiB) | USS sum (GiB) | startup (s) | applied |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| N | lineage reach, median (s) | p99 (s) | lineage via push / gossip / sync | request → all receipts "
+             "at requester (s) | … at every peer (s) | peers' CPU / cores (s) | receipts at c1 via push / gossip / "
+             "sync | libp2p conns min–max | peak RSS max / median (MiB) | peak USS max / median (MiB) | USS sum "
+             "(GiB) | startup (s) | applied |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in result["cells"]:
         lp, m = c["lineage_propagation"], c["memory"]
-        src = f"{lp['sources'].get('gossip', 0)} / {lp['sources'].get('sync', 0)}"
+        src = " / ".join(str(lp["sources"].get(k, 0)) for k in ("push", "gossip", "sync"))
+        rsrc = " / ".join(str(c["receipt_sources_at_requester"].get(k, 0)) for k in ("push", "gossip", "sync"))
         lines.append(f"| {c['n_peers']} | {f(lp['reach_all_s']['median'])} | {f(lp['reach_all_s']['p99'])} | {src} | "
                      f"{f(c['request_to_all_receipts_at_requester_s'])} | {f(c['request_to_all_receipts_everywhere_s'])} | "
-                     f"{c['receipt_sources_at_requester']['gossip']} / {c['receipt_sources_at_requester']['sync']} | "
+                     f"{f(c.get('peer_cpu_floor_s'))} | {rsrc} | "
                      f"{c['connected_peers']['min']}–{c['connected_peers']['max']} | "
                      f"{f(m['peak_rss_mib']['max'], 0)} / {f(m['peak_rss_mib']['median'], 0)} | "
                      f"{f(m['peak_uss_mib']['max'], 0)} / {f(m['peak_uss_mib']['median'], 0)} | "
                      f"{f(m['peak_uss_mib']['sum'] / 1024 if m['peak_uss_mib']['sum'] else None, 1)} | "
                      f"{c['startup_s']:.0f} | {'all' if c['all_applied'] else 'NO'} |")
     for s in result["skipped"]:
-        lines.append(f"| {s['n_peers']} | skipped: {s['reason']} | | | | | | | | | | | |")
+        lines.append(f"| {s['n_peers']} | skipped: {s['reason']} | | | | | | | | | | | | |")
     for s in result.get("not_finished", []):
-        lines.append(f"| {s['n_peers']} | not finished: {s['reason']} | | | | | | | | | | | |")
+        lines.append(f"| {s['n_peers']} | not finished: {s['reason']} | | | | | | | | | | | | |")
     lines += ["", f"![Scale]({png})", "", f"Figure: `{command}`, seed {result['seed']}."]
     return "\n".join(lines)
 

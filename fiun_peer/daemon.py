@@ -33,7 +33,7 @@ from .metrics import GossipView, PeerMetrics, parse_bind
 from .policy import RequesterPolicy
 from .rpc.channel import ChannelPool
 from .rpc.fisher_service import FisherServicer, fetch_blob
-from .rpc.record_service import RecordServicer, identify_peer, push_record, sync_records
+from .rpc.record_service import RecordServicer, identify_peer, known_hellos, push_record, sync_records
 from .rpc.server import make_server, set_serving
 from .store import Store, write_atomic
 
@@ -140,8 +140,11 @@ async def serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str =
         except Exception as exc:  # shutting down, or a hello that makes no sense: the sync goes on
             log.debug("sync hello ignored", extra={"event": "sync_hello_ignored", "detail": str(exc)})
 
+    def peer_list() -> list[bytes]:  # RecordService.Peers, from a gRPC thread
+        return bridge.call_sync(lambda: [node.announce or b"", *acted_on.values()])
+
     server, port = make_server(grpc_bind, AdminServicer(agent, bridge, status), FisherServicer(store),
-                               RecordServicer(store, on_push, identify, on_sync_hello), health_servicer=health_servicer,
+                               RecordServicer(store, on_push, identify, on_sync_hello, peer_list), health_servicer=health_servicer,
                                tls=server_tls, admin_auth=admin_auth, count=store.incr)
     grpc_address = advertise_grpc or _reachable(grpc_bind, port)
     server.start()
@@ -192,6 +195,8 @@ async def serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str =
         # Catch up with a new or restarted peer at once; our Sync call also hands it our hello,
         # which is how a newcomer learns of everybody (the gossip layer no longer replies).
         nursery.start_soon(sync_with, addr)
+        if len(acted_on) == 1:  # the first peer we hear of: ask it whom it knows
+            nursery.start_soon(exchange_peers, addr)
         # Without this every peer hangs off its bootstrap peer alone (a star): GossipSub prunes the
         # hub's mesh, and most records then travel only by the slower anti-entropy sync.
         connected = set(node.connected_peers())
@@ -204,6 +209,18 @@ async def serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str =
 
     async def on_hello(blob: bytes, sender: str) -> None:
         heard(blob, sender)
+
+    async def exchange_peers(target: str) -> None:
+        # Hellos travel by gossip once per start; one missed (a lost message, a peer that started
+        # later) would leave two peers unaware of each other until the next periodic hello. Asking
+        # one random peer per round whom it knows spreads every address in a few rounds.
+        try:
+            hellos = await trio.to_thread.run_sync(functools.partial(known_hellos, channels.get(target)))
+        except Exception as exc:  # the peer may be gone, or older: the next round asks another
+            log.debug("peer exchange failed", extra={"event": "peers_failed", "target": target, "detail": str(exc)})
+            return
+        for blob in hellos:
+            heard(blob, None)
 
     syncing: set[str] = set()
 
@@ -223,8 +240,11 @@ async def serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str =
             # hold up the syncs that keep this side converging (gossip may route via the far side).
             # A few random peers per round, not all: all-pairs sync is O(N^2) work per interval.
             targets = sorted(set(agent.peers.values()))
-            for target in random.sample(targets, min(SYNC_FANOUT, len(targets))):
+            chosen = random.sample(targets, min(SYNC_FANOUT, len(targets)))
+            for target in chosen:
                 nursery.start_soon(sync_once, target)
+            if chosen:
+                nursery.start_soon(exchange_peers, chosen[0])
 
     node = GossipNode(identity.libp2p_keypair(), p2p_listen, on_message=on_message, on_hello=on_hello,
                       bootstrap=maddrs, announce=hello, advertise_addrs=list(advertise_p2p or []),

@@ -139,6 +139,29 @@ class GossipConfig:
     inbound_buffer: int = 10_000
 
 
+def clean_peerstore(peerstore: Any) -> None:
+    """One pass of py-libp2p's peerstore cleanup (expired peers and their records), made safe.
+
+    py-libp2p 0.8.1's own ``start_cleanup_task`` raises ``PeerStoreError("peer ID is expired")`` for
+    an expired peer that still holds a signed peer record (``maybe_delete_peer_record`` asks for the
+    addresses of a peer it has just found expired), and the error takes the whole host down: a
+    32-peer run lost a peer that way. Dropping those records first avoids the call that raises.
+    """
+    for peer_id, data in list(peerstore.peer_data_map.items()):
+        if data.is_expired():
+            peerstore.peer_record_map.pop(peer_id, None)
+    peerstore._cleanup_expired_records()
+
+
+async def _clean_peerstore_every(peerstore: Any, interval: float) -> None:
+    while True:
+        await trio.sleep(interval)
+        try:
+            clean_peerstore(peerstore)
+        except Exception:  # a cleanup that fails must not stop the node; the next pass retries
+            logger.exception("peerstore cleanup failed")
+
+
 def _peer_str(peer_id: ID) -> str:
     return peer_id.to_base58()
 
@@ -344,7 +367,7 @@ class GossipNode:
                 # leave the host's nurseries first so the error is raised plainly, not grouped.
                 listening = bool(host.get_transport_addrs())
                 if listening:
-                    nursery.start_soon(host.get_peerstore().start_cleanup_task, 60)
+                    nursery.start_soon(_clean_peerstore_every, host.get_peerstore(), 60.0)
                     await self._serve(host, pubsub, gossipsub, event_recv, task_status)
         finally:
             self._up = False

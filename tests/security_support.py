@@ -160,7 +160,9 @@ class AgentHost:
         self.server, port = make_server(
             "127.0.0.1:0", AdminServicer(self.agent, self.bridge, status), FisherServicer(self.store),
             RecordServicer(self.store, lambda env: self.bridge.call_sync(
-                functools.partial(self.agent.ingest, env, source="push")), self._identify),
+                functools.partial(self.agent.ingest, env, source="push")), self._identify,
+                on_hello=lambda blob: self.bridge.call_sync(self.agent.learn_peer, blob),
+                peers=list),  # an empty peer list: this host keeps no hellos
             tls=self._tls, admin_auth=AdminAuth(token=self.token) if self.token else None,
             count=self.store.incr, **kwargs)
         self.target = f"127.0.0.1:{port}"

@@ -328,3 +328,53 @@ def test_restarted_peer_is_reconnected_and_greeted_again() -> None:
             nursery.cancel_scope.cancel()
 
     run_trio(main)
+
+
+def test_without_replies_a_newcomer_is_heard_but_nobody_reannounces() -> None:
+    """``hello_replies=False`` (the daemon's setting: it hands hellos over with Sync calls): each node
+    announces itself once, on its first connection; a newcomer is heard by everybody, but neither its
+    arrival nor a new connection makes anyone announce again (that was O(N^2) deliveries)."""
+
+    async def main() -> None:
+        quiet = GossipConfig(hello_replies=False, hello_interval=600.0)
+        ra, rb, rc = Recorder(), Recorder(), Recorder()
+        a = make_node(0, ra, [], config=quiet)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(a.run)
+            b = make_node(1, rb, a.listen_addrs, config=quiet)
+            await nursery.start(b.run)
+            await wait_until(lambda: b.peer_id in ra.hellos and a.peer_id in rb.hellos, "a and b hear each other")
+            c = make_node(2, rc, a.listen_addrs, config=quiet)
+            await nursery.start(c.run)
+            await wait_until(lambda: c.peer_id in ra.hellos and c.peer_id in rb.hellos, "both hear the newcomer")
+            await trio.sleep(1.0)
+            # Nobody published again for the newcomer or the new connection (c may still see a's and
+            # b's first hellos: py-libp2p replays recent messages to a new neighbour).
+            assert a.stats["published"] == 1 and b.stats["published"] == 1 and c.stats["published"] == 1
+            nursery.cancel_scope.cancel()
+
+    run_trio(main)
+
+
+def test_peerstore_cleanup_survives_an_expired_peer_with_a_signed_record() -> None:
+    """py-libp2p 0.8.1's own cleanup raises on this state (and the error took a peer down in a
+    32-peer run); ours removes the expired peer and its record."""
+    from libp2p.peer.id import ID
+    from libp2p.peer.peerstore import PeerStore, PeerStoreError
+
+    from fiun_peer.gossip import clean_peerstore
+
+    def expired_peer_with_record() -> tuple[PeerStore, ID]:
+        ps = PeerStore()
+        pid = ID.from_pubkey(key(7).public_key)
+        ps.add_addrs(pid, [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/1")], 1)
+        ps.peer_record_map[pid] = object()      # what consume_peer_record leaves (a signed record)
+        ps.peer_data_map[pid].last_identified -= 10
+        return ps, pid
+
+    ps, pid = expired_peer_with_record()
+    with pytest.raises(PeerStoreError):         # the library's own pass fails on it
+        ps._cleanup_expired_records()
+    ps, pid = expired_peer_with_record()
+    clean_peerstore(ps)
+    assert pid not in ps.peer_data_map and pid not in ps.peer_record_map

@@ -15,9 +15,15 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from fiun_peer import records as R
 from fiun_peer.identity import Identity
 from fiun_peer.rpc import fisher_pb2, fisher_pb2_grpc
-from fiun_peer.rpc.channel import insecure_channel
+from fiun_peer.rpc.channel import ChannelPool, insecure_channel
 from fiun_peer.rpc.fisher_service import CHUNK_BYTES, BlobDigestMismatch, FisherServicer, fetch_blob
-from fiun_peer.rpc.record_service import RecordServicer, push_record, sync_records
+from fiun_peer.rpc.record_service import (
+    MAX_HELLO_BYTES,
+    RecordServicer,
+    known_hellos,
+    push_record,
+    sync_records,
+)
 from fiun_peer.rpc.server import make_server
 from fiun_peer.store import Store
 
@@ -28,8 +34,10 @@ class Peer:
     def __init__(self, home: Path) -> None:
         self.store = Store(home)
         self.pushed: list[bytes] = []
+        self.hellos: list[bytes] = []
         self.server, self.port = make_server("127.0.0.1:0", FisherServicer(self.store),
-                                             RecordServicer(self.store, self.on_push))
+                                             RecordServicer(self.store, self.on_push, on_hello=self.hellos.append,
+                                                            peers=lambda: [b"own", *self.hellos, b""]))
         self.server.start()
         self.target = f"127.0.0.1:{self.port}"
 
@@ -126,6 +134,51 @@ def test_sync_streams_missing_records_oldest_first(peer: Peer) -> None:
     have = {records[0].record_id, records[3].record_id, "f" * 64}
     assert sync_records(peer.target, have) == [records[i].envelope for i in (1, 2, 4)]
     assert sync_records(peer.target, peer.store.record_ids()) == []
+
+
+def test_sync_hands_the_callers_hello_to_the_server(peer: Peer) -> None:
+    record = R.build_receipt(ALICE, request_id="r", model_id="m", old_digest="0" * 64, new_digest="1" * 64)
+    peer.store.add_record(record)
+    assert sync_records(peer.target, []) == [record.envelope]
+    assert peer.hellos == []                       # no hello, nothing learned
+    hello = b'{"grpc": "127.0.0.1:1", "public_key": "ab"}'
+    assert sync_records(peer.target, [], hello=hello) == [record.envelope]
+    assert peer.hellos == [hello]
+    with pytest.raises(grpc.RpcError) as err:      # a "hello" far larger than one is refused whole
+        sync_records(peer.target, [], hello=b"x" * (MAX_HELLO_BYTES + 1))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "hello" in err.value.details()
+    assert peer.hellos == [hello]
+
+
+def test_peers_lists_the_hellos_the_server_holds(peer: Peer, tmp_path: Path) -> None:
+    assert known_hellos(peer.target) == [b"own"]   # empty ones are not served
+    sync_records(peer.target, [], hello=b'{"n": 1}')
+    assert known_hellos(peer.target) == [b"own", b'{"n": 1}']
+    store = Store(tmp_path / "plain")                # a server without a peer list says so
+    server, port = make_server("127.0.0.1:0", RecordServicer(store, peer.on_push))
+    server.start()
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            known_hellos(f"127.0.0.1:{port}")
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        server.stop(grace=None)
+        store.close()
+
+
+def test_channel_pool_keeps_one_channel_per_target(peer: Peer) -> None:
+    pool = ChannelPool()
+    channel = pool.get(peer.target)
+    assert pool.get(peer.target) is channel and pool.get("127.0.0.1:1") is not channel
+    record = R.build_receipt(ALICE, request_id="r", model_id="m", old_digest="0" * 64, new_digest="1" * 64)
+    for _ in range(3):                             # the same channel serves call after call
+        assert push_record(channel, record.envelope) == (True, record.record_id, "")
+    assert sync_records(pool.get(peer.target), []) == [record.envelope]
+    pool.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        pool.get(peer.target)
+    with pytest.raises(ValueError):                # closed channels refuse further calls
+        push_record(channel, record.envelope)
 
 
 def test_push_delegates_to_handler(peer: Peer) -> None:

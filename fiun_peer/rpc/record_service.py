@@ -26,8 +26,12 @@ PushHandler = Callable[[bytes], tuple[bool, str, str]]
 IdentifyHandler = Callable[[], dict]
 # on_hello(hello blob) of a caller of Sync: the agent checks it as it checks a gossiped hello.
 HelloHandler = Callable[[bytes], None]
+# peers() -> the hellos this peer holds (its own first), for RecordService.Peers.
+PeersHandler = Callable[[], list[bytes]]
 # A hello is a small JSON (addresses and a key); anything much larger is not one.
 MAX_HELLO_BYTES = 16 * 1024
+# More hellos than any network has peers is not a peer list (both ways: served and taken).
+MAX_HELLOS = 10_000
 # A Sync names what the caller holds; far more ids than any network has records is abuse, not sync.
 MAX_HAVE_IDS = 1_000_000
 
@@ -36,11 +40,12 @@ class RecordServicer(records_pb2_grpc.RecordServiceServicer):
     """Serves the records of a :class:`~fiun_peer.store.Store`; hands pushes to ``on_push``."""
 
     def __init__(self, store: Store, on_push: PushHandler, identify: IdentifyHandler | None = None,
-                 on_hello: HelloHandler | None = None) -> None:
+                 on_hello: HelloHandler | None = None, peers: PeersHandler | None = None) -> None:
         self._store = store
         self._on_push = on_push
         self._identify = identify
         self._on_hello = on_hello
+        self._peers = peers
 
     def Sync(self, request: records_pb2.SyncRequest,
              context: grpc.ServicerContext) -> Iterator[records_pb2.Envelope]:
@@ -71,6 +76,16 @@ class RecordServicer(records_pb2_grpc.RecordServiceServicer):
             context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot take records now: {type(exc).__name__}: {exc}")
         return records_pb2.PushReply(accepted=accepted, record_id=record_id, reason=reason)
 
+    def Peers(self, request: records_pb2.PeersRequest,
+              context: grpc.ServicerContext) -> records_pb2.PeersReply:
+        if self._peers is None:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "this server keeps no peer list")
+        try:
+            hellos = self._peers()
+        except Exception as exc:  # e.g. shutting down
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"no peer list now: {type(exc).__name__}: {exc}")
+        return records_pb2.PeersReply(hellos=[h for h in hellos if h][:MAX_HELLOS])
+
     def Identify(self, request: records_pb2.IdentifyRequest,
                  context: grpc.ServicerContext) -> records_pb2.PeerInfo:
         if self._identify is None:
@@ -80,6 +95,15 @@ class RecordServicer(records_pb2_grpc.RecordServiceServicer):
         except Exception as exc:  # e.g. libp2p not up yet: the caller retries
             context.abort(grpc.StatusCode.UNAVAILABLE, f"not ready to identify: {type(exc).__name__}: {exc}")
         return records_pb2.PeerInfo(**info)
+
+
+def known_hellos(target: grpc.Channel | str, *, timeout: float = 10.0,
+                 tls: ClientTLS | None = None) -> list[bytes]:
+    """The hellos the peer at ``target`` holds (see RecordService.Peers); oversize ones and any
+    beyond ``MAX_HELLOS`` are dropped. Claims only: check each as a gossiped hello."""
+    with as_channel(target, tls=tls) as channel:
+        reply = records_pb2_grpc.RecordServiceStub(channel).Peers(records_pb2.PeersRequest(), timeout=timeout)
+    return [h for h in reply.hellos[:MAX_HELLOS] if 0 < len(h) <= MAX_HELLO_BYTES]
 
 
 def sync_records(target: grpc.Channel | str, have_ids: Iterable[str], *, hello: bytes = b"",

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x66iun/v1/records.proto\x12\x07\x66iun.v1\"\x18\n\x08\x45nvelope\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\".\n\x0bSyncRequest\x12\x10\n\x08have_ids\x18\x01 \x03(\t\x12\r\n\x05hello\x18\x02 \x01(\x0c\"@\n\tPushReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x11\n\trecord_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x11\n\x0fIdentifyRequest\"j\n\x08PeerInfo\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x15\n\rp2p_addresses\x18\x04 \x03(\t\x12\x14\n\x0cgrpc_address\x18\x05 \x01(\t2\xaa\x01\n\rRecordService\x12\x31\n\x04Sync\x12\x14.fiun.v1.SyncRequest\x1a\x11.fiun.v1.Envelope0\x01\x12-\n\x04Push\x12\x11.fiun.v1.Envelope\x1a\x12.fiun.v1.PushReply\x12\x37\n\x08Identify\x12\x18.fiun.v1.IdentifyRequest\x1a\x11.fiun.v1.PeerInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x66iun/v1/records.proto\x12\x07\x66iun.v1\"\x18\n\x08\x45nvelope\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\".\n\x0bSyncRequest\x12\x10\n\x08have_ids\x18\x01 \x03(\t\x12\r\n\x05hello\x18\x02 \x01(\x0c\"@\n\tPushReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x11\n\trecord_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x11\n\x0fIdentifyRequest\"\x0e\n\x0cPeersRequest\"\x1c\n\nPeersReply\x12\x0e\n\x06hellos\x18\x01 \x03(\x0c\"j\n\x08PeerInfo\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x15\n\rp2p_addresses\x18\x04 \x03(\t\x12\x14\n\x0cgrpc_address\x18\x05 \x01(\t2\xdf\x01\n\rRecordService\x12\x31\n\x04Sync\x12\x14.fiun.v1.SyncRequest\x1a\x11.fiun.v1.Envelope0\x01\x12-\n\x04Push\x12\x11.fiun.v1.Envelope\x1a\x12.fiun.v1.PushReply\x12\x37\n\x08Identify\x12\x18.fiun.v1.IdentifyRequest\x1a\x11.fiun.v1.PeerInfo\x12\x33\n\x05Peers\x12\x15.fiun.v1.PeersRequest\x1a\x13.fiun.v1.PeersReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,8 +39,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PUSHREPLY']._serialized_end=172
   _globals['_IDENTIFYREQUEST']._serialized_start=174
   _globals['_IDENTIFYREQUEST']._serialized_end=191
-  _globals['_PEERINFO']._serialized_start=193
-  _globals['_PEERINFO']._serialized_end=299
-  _globals['_RECORDSERVICE']._serialized_start=302
-  _globals['_RECORDSERVICE']._serialized_end=472
+  _globals['_PEERSREQUEST']._serialized_start=193
+  _globals['_PEERSREQUEST']._serialized_end=207
+  _globals['_PEERSREPLY']._serialized_start=209
+  _globals['_PEERSREPLY']._serialized_end=237
+  _globals['_PEERINFO']._serialized_start=239
+  _globals['_PEERINFO']._serialized_end=345
+  _globals['_RECORDSERVICE']._serialized_start=348
+  _globals['_RECORDSERVICE']._serialized_end=571
 # @@protoc_insertion_point(module_scope)

@@ -34,6 +34,16 @@ class IdentifyRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class PeersRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PeersReply(_message.Message):
+    __slots__ = ("hellos",)
+    HELLOS_FIELD_NUMBER: _ClassVar[int]
+    hellos: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, hellos: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
 class PeerInfo(_message.Message):
     __slots__ = ("peer_id", "public_key", "name", "p2p_addresses", "grpc_address")
     PEER_ID_FIELD_NUMBER: _ClassVar[int]

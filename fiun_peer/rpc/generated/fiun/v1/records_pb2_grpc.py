@@ -50,6 +50,11 @@ class RecordServiceStub:
                 request_serializer=fiun_dot_v1_dot_records__pb2.IdentifyRequest.SerializeToString,
                 response_deserializer=fiun_dot_v1_dot_records__pb2.PeerInfo.FromString,
                 _registered_method=True)
+        self.Peers = channel.unary_unary(
+                '/fiun.v1.RecordService/Peers',
+                request_serializer=fiun_dot_v1_dot_records__pb2.PeersRequest.SerializeToString,
+                response_deserializer=fiun_dot_v1_dot_records__pb2.PeersReply.FromString,
+                _registered_method=True)
 
 
 class RecordServiceServicer:
@@ -81,6 +86,15 @@ class RecordServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Peers(self, request, context):
+        """Peers returns the hellos the server holds: its own and the latest one of every peer it has
+        heard of. A peer asks one random peer per anti-entropy round, so it learns of every peer even
+        when it missed that peer's gossiped hello. Each hello is a claim, used only to address a peer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecordServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -98,6 +112,11 @@ def add_RecordServiceServicer_to_server(servicer, server):
                     servicer.Identify,
                     request_deserializer=fiun_dot_v1_dot_records__pb2.IdentifyRequest.FromString,
                     response_serializer=fiun_dot_v1_dot_records__pb2.PeerInfo.SerializeToString,
+            ),
+            'Peers': grpc.unary_unary_rpc_method_handler(
+                    servicer.Peers,
+                    request_deserializer=fiun_dot_v1_dot_records__pb2.PeersRequest.FromString,
+                    response_serializer=fiun_dot_v1_dot_records__pb2.PeersReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -182,6 +201,33 @@ class RecordService:
             '/fiun.v1.RecordService/Identify',
             fiun_dot_v1_dot_records__pb2.IdentifyRequest.SerializeToString,
             fiun_dot_v1_dot_records__pb2.PeerInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Peers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fiun.v1.RecordService/Peers',
+            fiun_dot_v1_dot_records__pb2.PeersRequest.SerializeToString,
+            fiun_dot_v1_dot_records__pb2.PeersReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -48,6 +48,11 @@ class RecordServiceStub:
     join through it when it knows only its gRPC address (`fiun-peer run --bootstrap HOST:PORT`).
     The answer is not trusted beyond that: every record is still verified on its own.
     """
+    Peers: _grpc.UnaryUnaryMultiCallable[_records_pb2.PeersRequest, _records_pb2.PeersReply]
+    """Peers returns the hellos the server holds: its own and the latest one of every peer it has
+    heard of. A peer asks one random peer per anti-entropy round, so it learns of every peer even
+    when it missed that peer's gossiped hello. Each hello is a claim, used only to address a peer.
+    """
 
 @_typing.type_check_only
 class RecordServiceAsyncStub(RecordServiceStub):
@@ -66,6 +71,11 @@ class RecordServiceAsyncStub(RecordServiceStub):
     """Identify says who the server is and where its libp2p host listens: what a new peer needs to
     join through it when it knows only its gRPC address (`fiun-peer run --bootstrap HOST:PORT`).
     The answer is not trusted beyond that: every record is still verified on its own.
+    """
+    Peers: _aio.UnaryUnaryMultiCallable[_records_pb2.PeersRequest, _records_pb2.PeersReply]  # type: ignore[assignment]
+    """Peers returns the hellos the server holds: its own and the latest one of every peer it has
+    heard of. A peer asks one random peer per anti-entropy round, so it learns of every peer even
+    when it missed that peer's gossiped hello. Each hello is a claim, used only to address a peer.
     """
 
 class RecordServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -100,6 +110,17 @@ class RecordServiceServicer(metaclass=_abc_1.ABCMeta):
         """Identify says who the server is and where its libp2p host listens: what a new peer needs to
         join through it when it knows only its gRPC address (`fiun-peer run --bootstrap HOST:PORT`).
         The answer is not trusted beyond that: every record is still verified on its own.
+        """
+
+    @_abc_1.abstractmethod
+    def Peers(
+        self,
+        request: _records_pb2.PeersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_records_pb2.PeersReply, _abc.Awaitable[_records_pb2.PeersReply]]:
+        """Peers returns the hellos the server holds: its own and the latest one of every peer it has
+        heard of. A peer asks one random peer per anti-entropy round, so it learns of every peer even
+        when it missed that peer's gossiped hello. Each hello is a claim, used only to address a peer.
         """
 
 def add_RecordServiceServicer_to_server(servicer: RecordServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
