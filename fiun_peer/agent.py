@@ -38,6 +38,7 @@ from .records import (
     build_request,
     is_valid_id,
     parse_record,
+    record_id_of,
 )
 from .store import Store
 from .tensors import TensorFileError, from_bytes, load_dataset_bytes, to_bytes
@@ -139,6 +140,9 @@ class Agent:
     def ingest(self, envelope: bytes, *, source: str) -> tuple[bool, str, str]:
         """Verify and store one record. Returns (accepted, record_id, reason). Never raises for bad
         input: a rejected record is counted by reason and changes nothing stored."""
+        if isinstance(envelope, bytes) and self.store.has_record(record_id_of(envelope)):
+            # Push, sync and gossip hand us many copies: a stored record's bytes were verified once.
+            return True, record_id_of(envelope), "duplicate"
         try:
             rec = parse_record(envelope)
         except RecordError as exc:

@@ -45,6 +45,8 @@ PEER_DEGREE = 6
 PUSH_PARALLEL = 8
 #: Peers asked per anti-entropy round (chosen at random, so every pair meets within a few rounds).
 SYNC_FANOUT = 3
+#: Syncs in flight at once from one peer (catch-ups with newly heard peers come in bursts).
+SYNC_PARALLEL = 4
 #: Seconds between pushing a record and gossiping it. Gossip is the safety net for peers we do not
 #: know yet; every peer pays tens of ms of CPU to forward one gossip message (py-libp2p), so on
 #: shared cores gossiping at once would slow the unlearning that the push has just started.
@@ -84,6 +86,7 @@ async def serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str =
     push_nursery: trio.Nursery | None = None
     push_slots = trio.CapacityLimiter(PUSH_PARALLEL)
     channels = ChannelPool(tls=client_tls)  # one per peer, for pushes, syncs and Fisher pulls
+    sync_slots = trio.CapacityLimiter(SYNC_PARALLEL)
 
     async def push_to(target: str, data: bytes) -> None:
         try:
@@ -154,7 +157,8 @@ async def serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str =
     async def sync_with(target: str) -> None:
         try:
             envelopes = await trio.to_thread.run_sync(functools.partial(
-                sync_records, channels.get(target), store.record_ids(), hello=node.announce or b""))
+                sync_records, channels.get(target), store.record_ids(), hello=node.announce or b""),
+                limiter=sync_slots)
         except Exception as exc:  # the peer may be gone; the next round retries
             log.debug("sync failed", extra={"event": "sync_failed", "target": target, "detail": str(exc)})
             return
@@ -180,9 +184,11 @@ async def serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str =
 
     acted_on: dict[str, bytes] = {}  # gRPC address -> the hello last acted on
 
-    def heard(blob: bytes, sender: str | None) -> None:
+    def heard(blob: bytes, sender: str | None, *, catch_up: bool = True) -> None:
         """A peer's hello, by gossip (``sender``: its libp2p peer id; the gossip layer passes on only
-        news: a new peer, a changed hello, a restart) or with its Sync call (``sender`` None)."""
+        news: a new peer, a changed hello, a restart), with its Sync call (``sender`` None) or from a
+        third peer's list (``catch_up`` False: no sync at once; with N peers learning of N peers at
+        a start that would be O(N^2) syncs, and the anti-entropy rounds get there)."""
         learned = agent.learn_peer(blob)
         if not learned or push_nursery is None:
             return
@@ -194,7 +200,8 @@ async def serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str =
         acted_on[addr] = blob
         # Catch up with a new or restarted peer at once; our Sync call also hands it our hello,
         # which is how a newcomer learns of everybody (the gossip layer no longer replies).
-        nursery.start_soon(sync_with, addr)
+        if catch_up:
+            nursery.start_soon(sync_with, addr)
         if len(acted_on) == 1:  # the first peer we hear of: ask it whom it knows
             nursery.start_soon(exchange_peers, addr)
         # Without this every peer hangs off its bootstrap peer alone (a star): GossipSub prunes the
@@ -220,7 +227,7 @@ async def serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str =
             log.debug("peer exchange failed", extra={"event": "peers_failed", "target": target, "detail": str(exc)})
             return
         for blob in hellos:
-            heard(blob, None)
+            heard(blob, None, catch_up=False)
 
     syncing: set[str] = set()
 

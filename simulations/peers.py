@@ -25,6 +25,7 @@ from fiun_peer.auth import TOKEN_FILE, load_token
 from fiun_peer.identity import Identity
 from fiun_peer.rpc.channel import open_channel
 from fiun_peer.rpc.generated.fiun.v1 import admin_pb2, admin_pb2_grpc
+from fiun_peer.rpc.record_service import sync_records
 
 
 @dataclass
@@ -241,6 +242,18 @@ class PeerCluster:
             self.check_alive()
             time.sleep(0.2)
         raise TimeoutError(f"{peer.name} knows fewer than {count} models after {timeout}s")
+
+
+def converged_records(peers: list[Peer], timeout: float = 60.0) -> dict[str, list[bytes]]:
+    """Every peer's records once they hold the same set. A receipt goes straight to the requester
+    and a new model version to no one: the other peer gets them by anti-entropy, within a round or
+    two. After ``timeout`` the sets are returned as they are (the check then says what differs)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        envelopes = {p.name: sync_records(p.grpc, []) for p in peers}
+        if len({frozenset(e) for e in envelopes.values()}) == 1 or time.monotonic() > deadline:
+            return envelopes
+        time.sleep(0.5)
 
 
 def _free_port(host: str) -> int:

@@ -35,11 +35,10 @@ import pytest
 from fiun_peer import faults
 from fiun_peer.records import parse_record
 from fiun_peer.rpc.generated.fiun.v1 import admin_pb2
-from fiun_peer.rpc.record_service import sync_records
 from fiun_peer.store import Store
 from simulations.centralized import SimConfig, prepare
 from simulations.network import publish_stage
-from simulations.peers import Peer, PeerCluster
+from simulations.peers import Peer, PeerCluster, converged_records
 
 # -- failpoints, in this process ---------------------------------------------------------------
 
@@ -370,7 +369,7 @@ def run_kill_loop(root: Path, n_kills: int, seed: int) -> Summary:
         while len(loop.s.kills) < n_kills or (loop.uncovered() and len(loop.s.kills) < 2 * n_kills):
             loop.cycle()
         loop.finish()
-        envelopes = {p.name: sync_records(p.grpc, []) for p in cluster.peers}
+        envelopes = converged_records(cluster.peers)
     summary = loop.s
     summary.seconds = time.monotonic() - t0
     check_exactly_once(summary, envelopes, owners)

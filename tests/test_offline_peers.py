@@ -15,11 +15,10 @@ import pytest
 
 from fiun_peer.records import parse_record
 from fiun_peer.rpc.generated.fiun.v1 import admin_pb2
-from fiun_peer.rpc.record_service import sync_records
 from fiun_peer.tensors import to_bytes
 from simulations.centralized import SimConfig, prepare
 from simulations.network import architecture, publish_stage
-from simulations.peers import Peer, PeerCluster
+from simulations.peers import Peer, PeerCluster, converged_records
 from simulations.training import own_data
 
 FORGET = 3   # held by g only: g is the discovery node, a (published without it) inherits
@@ -102,7 +101,7 @@ def test_offline_peers_catch_up_and_pending_says_why(stage, tmp_path):
                 assert all(m.state == "applied" for m in done.models)
 
         # Exactly once, and the same records on both peers.
-        recs = {p.name: [parse_record(e) for e in sync_records(p.grpc, [])] for p in c.peers}
+        recs = {name: [parse_record(e) for e in envs] for name, envs in converged_records(c.peers).items()}
         assert {r.record_id for r in recs["alice"]} == {r.record_id for r in recs["bob"]}
         receipts = Counter((r.predicate["request_id"], r.predicate["model_id"]) for r in recs["alice"]
                            if r.kind == "receipt")
