@@ -140,9 +140,10 @@ class Agent:
     def ingest(self, envelope: bytes, *, source: str) -> tuple[bool, str, str]:
         """Verify and store one record. Returns (accepted, record_id, reason). Never raises for bad
         input: a rejected record is counted by reason and changes nothing stored."""
-        if isinstance(envelope, bytes) and self.store.has_record(record_id_of(envelope)):
-            # Push, sync and gossip hand us many copies: a stored record's bytes were verified once.
-            return True, record_id_of(envelope), "duplicate"
+        if isinstance(envelope, bytes):
+            rid = record_id_of(envelope)
+            if self.store.has_record(rid):  # push, sync and gossip hand us many copies; verified once
+                return True, rid, "duplicate"
         try:
             rec = parse_record(envelope)
         except RecordError as exc:
