@@ -30,10 +30,10 @@ from fiun_peer.tensors import to_bytes
 from simulations.centralized import SimConfig, prepare, run_fiun
 from simulations.network import publish_stage
 from simulations.report import json_ready
-from simulations.topology import binary_tree, root_chain
+from simulations.topology import binary_tree, broom, root_chain
 from simulations.training import train_graph
 
-SHAPES = {"chain": root_chain, "tree": binary_tree}
+SHAPES = {"chain": root_chain, "tree": binary_tree, "broom": broom}  # broom: 17 models at every depth
 FORGETS = [(2,), (5,), (9,)]          # the root-only labels of root_chain / binary_tree
 # Every descendant gets the same data share at every depth (the most binary_tree(16)'s 32 descendants
 # can have), so each added hop adds the same re-training work, as when each owner brings its own data.
@@ -179,7 +179,7 @@ def complete(result: dict) -> dict:
     return r
 
 
-def run_hyper_distance(*, depths=(2, 4, 8, 16), shapes=("chain", "tree"), reps: int = 3, seed: int = 0,
+def run_hyper_distance(*, depths=(2, 4, 8, 16), shapes=("chain", "tree", "broom"), reps: int = 3, seed: int = 0,
                        workdir: Path | None = None, startup_timeout: float = 600.0,
                        request_timeout: float = 300.0, connect: str = "star", log=print,
                        on_cell=None) -> dict:
@@ -217,7 +217,7 @@ def plot(result: dict, path: Path, command: str) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    styles = {"chain": "-", "tree": "--"}
+    styles = {"chain": "-", "tree": "--", "broom": ":"}
     for shape in sorted({c["shape"] for c in result["cells"]}):
         cs = sorted((c for c in result["cells"] if c["shape"] == shape), key=lambda c: c["depth"])
         d = [c["depth"] for c in cs]
@@ -293,9 +293,12 @@ def reading(result: dict) -> list[str]:
             f"{nx.fmt(hi['per_peer_cpu_max_s'], 3)} s. No model waits on its ancestors: at D={hi['depth']} every "
             f"owner had the request by {nx.fmt(took_up)} s (median over requests) and pulled n0's Fisher "
             f"directly; {src['push']} of the {remote} receipts from other peers reached n0 by direct push, "
-            f"{src['sync']} by sync, {src['gossip']} by gossip. So here t grows with the number of processes "
-            f"sharing the cores, not with the distance from the data. This machine cannot show the flat line "
-            f"the target asks for: that needs about a core per peer.")
+            f"{src['sync']} by sync, {src['gossip']} by gossip. " + (
+                "So here t grows with the number of processes sharing the cores, not with the distance "
+                "from the data. This machine cannot show the flat line the target asks for on this shape: "
+                "that needs about a core per peer." if lo["models"] != hi["models"] else
+                f"The number of processes and the work are the same at every depth here ({hi['models']} "
+                f"models), so this ratio is the depth's own effect: {result['ratios'][shape]['fiun_peers']:.2f}."))
     return out
 
 
@@ -318,7 +321,9 @@ def section(results: list[dict]) -> str:
     lines = ["## Hyper-Distance on real peers (experiment 2)", "", _header(main_r), "",
              "`chain` is `root_chain(D)`: n0 → … → nD. `tree` is `binary_tree(D)`: the same spine where every "
              "inner node n(i-1) also has a leaf child li (2D+1 models; a full binary tree of depth 16 would need "
-             "131,071). One real `fiun-peer` process per model; the request goes to the root n0, the only "
+             "131,071). `broom` is `broom(D)`: the same spine n0 → … → nD plus 16 − D leaves fine-tuned straight "
+             "from n0, so every depth has 17 models and 17 processes and only the depth changes (D=16 is the "
+             "chain). One real `fiun-peer` process per model; the request goes to the root n0, the only "
              "discovery node, so every model is affected. FIUn on peers = request submitted → the last receipt "
              "stored at the requester n0 (the peers' own clocks); last apply = the last owner writing its new "
              "version. Re-training = each affected model re-trained in topological order on its own data minus "
@@ -358,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(DEFAULT_OUT))
     ap.add_argument("--depths", default="2,4,8,16")
-    ap.add_argument("--shapes", default="chain,tree")
+    ap.add_argument("--shapes", default="chain,tree,broom")
     ap.add_argument("--reps", type=int, default=3, choices=[1, 2, 3])
     ap.add_argument("--connect", default="star", choices=["star", "random"],
                     help="libp2p bootstrap: star (the harness default: all to the first peer) or random "

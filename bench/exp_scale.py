@@ -53,6 +53,10 @@ def measure(n: int, *, reps: int, seed: int, workdir: Path, startup_timeout: flo
         startup_s = time.time() - t_start
         log(f"  N={n}: {len(names)} peers up in {startup_s:.0f}s")
         owners = dict(zip(names, cluster.peers, strict=True))
+        # A cluster just started is still greeting and syncing (all N at once); lineage times
+        # should measure how a record travels, not that backlog.
+        settle_before_publish = nx.wait_quiet([p.proc.pid for p in cluster.peers], timeout=startup_timeout)
+        log(f"  N={n}: quiet after {settle_before_publish['waited_s']:.0f}s")
         with nx.MemorySampler([p.proc.pid for p in cluster.peers], interval=3.0) as mem:
             t_pub = time.time()
             publish_stage(stage, owners, timeout=startup_timeout)
@@ -76,7 +80,8 @@ def measure(n: int, *, reps: int, seed: int, workdir: Path, startup_timeout: flo
             run["request_paths"] = nx.request_paths(owners, run, end)
         connected = [nx.call(p.admin.Status, nx.admin_pb2.StatusRequest()).connected_peers for p in cluster.peers]
     return {
-        "n_peers": n, "clients": n - 1, "startup_s": startup_s, "publish_s": publish_s, "load_during_requests": load,
+        "n_peers": n, "clients": n - 1, "startup_s": startup_s, "settle_before_publish": settle_before_publish,
+        "publish_s": publish_s, "load_during_requests": load,
         "connected_peers": {"min": min(connected), "median": nx.median(connected), "max": max(connected)},
         "lineage_propagation": lineage,
         "request_to_all_receipts_at_requester_s": nx.median([r["last_receipt_at_requester"] for r in runs]),

@@ -232,13 +232,15 @@ class Agent:
 
     def _delivery(self, rec: Record) -> tuple[list[str] | None, bool]:
         """(push to, gossip?) for our own record. Models and requests concern every peer (any of them
-        may own an affected model): pushed to all and gossiped. A request makes an announcement per
-        discovery model and a receipt and a new version per affected model; sending each of those
-        to every peer would cost O(N^2) deliveries per request, and a gossip delivery costs tens of
-        ms of CPU in py-libp2p. So an announcement is pushed to the owners of the models that
-        inherit from ours (the only ones that merge it), a receipt to the requester only (it
-        completes the request there), a later model version to no one, none of them is gossiped,
-        and anti-entropy sync spreads all of them to everyone."""
+        may own an affected model): pushed to all. Only a request is also gossiped: it must reach
+        every owner at once, also one we have not heard of yet; a new model can wait for
+        anti-entropy there. Gossip is dear: py-libp2p spends about 5 ms of CPU per pubsub RPC and
+        GossipSub delivers each message about D=6 times to every peer, so gossiping N models to N
+        peers costs O(N^2 D) RPCs (measured: it kept 2 cores busy for minutes at N=64). A request
+        makes an announcement per discovery model and a receipt and a new version per affected
+        model; an announcement is pushed to the owners of the models that inherit from ours (the
+        only ones that merge it), a receipt to the requester only (it completes the request there),
+        a later model version to no one, and anti-entropy sync spreads all of them to everyone."""
         if rec.kind == "announcement":
             heirs = {self.view.owner(d) for d in self.view.umig.descendants(rec.predicate["model_id"])}
             return sorted({self.peers[k] for k in heirs if k in self.peers}), False
@@ -246,8 +248,8 @@ class Agent:
             request = self._request_record(rec.predicate["request_id"])
             addr = self.peers.get(request.signer) if request is not None else None
             return ([addr] if addr else []), False
-        if rec.kind == "lineage" and rec.predicate["version"] > 1:
-            return [], False
+        if rec.kind == "lineage":
+            return (None if rec.predicate["version"] == 1 else []), False
         return None, True
 
     # -- admin: publish -----------------------------------------------------------------------

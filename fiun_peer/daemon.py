@@ -255,7 +255,9 @@ async def serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str =
 
     node = GossipNode(identity.libp2p_keypair(), p2p_listen, on_message=on_message, on_hello=on_hello,
                       bootstrap=maddrs, announce=hello, advertise_addrs=list(advertise_p2p or []),
-                      config=GossipConfig(hello_replies=False))  # newcomers hear of us by Sync
+                      # No replies and no periodic hello: a newcomer announces itself once (on its
+                      # first connection), then peers learn of each other by Sync and Peers calls.
+                      config=GossipConfig(hello_replies=False, hello_interval=None))
 
     def gossip_sample() -> tuple[int, int]:  # for the metrics scrape thread
         def sample() -> tuple[int, int]:

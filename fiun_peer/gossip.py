@@ -8,7 +8,7 @@ Topics
 * ``topic`` (default ``fiun/records/v1``): application payloads, delivered to ``on_message``.
 * ``fiun/hello/v1``: the *hello* protocol.  Each node that was given an ``announce`` blob (the agent
   puts a small JSON there: gRPC address + public key) publishes it on this topic once its first
-  connection is up, periodically (``hello_interval``, stretched as the network grows) and, with
+  connection is up, periodically (``hello_interval``, stretched as the network grows; or never) and, with
   ``hello_replies`` on, soon after each new connection and soon after it learns of a peer it had
   not heard from before (so a newcomer learns everybody within about a second, not an interval).
   Every hello reaches every peer, so those replies cost O(N^2) deliveries when N peers start at
@@ -124,7 +124,8 @@ class GossipConfig:
     #: Seconds between periodic hello announcements, for up to ``hello_peers_per_interval`` known
     #: peers; beyond that the interval grows in proportion, so the network-wide hello rate stays
     #: bounded (each hello is delivered to every peer). A safety net only: see the module doc.
-    hello_interval: float = 30.0
+    #: None: no periodic hello (the daemon's choice: its peers exchange peer lists over gRPC).
+    hello_interval: float | None = 30.0
     hello_peers_per_interval: int = 8
     #: Re-announce on each new connection and to each newcomer (see the module doc).
     hello_replies: bool = True
@@ -290,11 +291,13 @@ class GossipNode:
 
     @announce.setter
     def announce(self, blob: bytes | None) -> None:
-        """Change our hello blob; it is re-announced at once."""
+        """Change our hello blob; it is re-announced at once (without replies: only if we have
+        announced ourselves already; otherwise the first connection does)."""
         if blob is not None:
             self._check_size(blob, overhead=len(HELLO_MAGIC) + _BOOT_ID_LEN)
         self._announce = blob
-        self._hello_wanted.set()
+        if self.config.hello_replies or self._greeted:
+            self._hello_wanted.set()
 
     def connected_peers(self) -> list[str]:
         if self._host is None:
@@ -616,9 +619,12 @@ class GossipNode:
         c = self.config
         while True:
             # Jittered, so peers started together do not all announce at the same moment.
-            stretch = max(1.0, len(self._hellos) / max(1, c.hello_peers_per_interval))
-            with trio.move_on_after(c.hello_interval * stretch * random.uniform(0.75, 1.25)):
+            if c.hello_interval is None:
                 await self._hello_wanted.wait()
+            else:
+                stretch = max(1.0, len(self._hellos) / max(1, c.hello_peers_per_interval))
+                with trio.move_on_after(c.hello_interval * stretch * random.uniform(0.75, 1.25)):
+                    await self._hello_wanted.wait()
             self._hello_wanted = trio.Event()
             if self._announce is not None:
                 try:

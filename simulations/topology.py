@@ -152,6 +152,28 @@ def binary_tree(depth: int, *, root_only: tuple[int, ...] = (2, 5, 9), num_class
     return _validate(nodes, num_classes)
 
 
+def broom(depth: int, *, size: int = 16, root_only: tuple[int, ...] = (2, 5, 9), num_classes: int = 10,
+          epochs: int = 5, root_share: float = 0.2, share: float | None = None) -> list[NodeSpec]:
+    """``size`` descendants of the root at every depth: the spine n0 -> n1 -> ... -> n``depth`` of
+    :func:`root_chain`, and the rest as leaves l1..l(``size`` - ``depth``) fine-tuned straight from
+    n0. Only the depth changes with ``depth`` (the deepest model is ``depth`` hops from the root);
+    the number of models, hence the unlearning work, does not. So on a machine with fewer cores
+    than peers it measures the depth's own effect, which a chain mixes with the growing work of
+    one more model per hop. Only the root holds ``root_only``; every other model inherits it."""
+    if depth < 1:
+        raise TopologyError("depth must be >= 1")
+    if depth > size:
+        raise TopologyError(f"depth {depth} needs at least {depth} descendants, size is {size}")
+    rest = tuple(c for c in range(num_classes) if c not in set(root_only))
+    share = _descendant_share(size, root_share, share)
+    nodes = [NodeSpec("n0", (), None, tuple(range(num_classes)), share=root_share, epochs=max(epochs, 10))]
+    nodes += [NodeSpec(f"n{i}", (f"n{i - 1}",), "finetune", rest, share=share, epochs=epochs)
+              for i in range(1, depth + 1)]
+    nodes += [NodeSpec(f"l{i}", ("n0",), "finetune", rest, share=share, epochs=epochs)
+              for i in range(1, size - depth + 1)]
+    return _validate(nodes, num_classes)
+
+
 def fl_n(n_clients: int, *, num_classes: int = 10, epochs: int = 10, children: int = 0) -> list[NodeSpec]:
     """Federated learning with ``n_clients`` clients c1..cN (all labels, equal disjoint shares) whose
     FedAvg is the global model g, optionally followed by a fine-tuning chain of ``children`` next

@@ -331,17 +331,20 @@ def test_restarted_peer_is_reconnected_and_greeted_again() -> None:
 
 
 def test_without_replies_a_newcomer_is_heard_but_nobody_reannounces() -> None:
-    """``hello_replies=False`` (the daemon's setting: it hands hellos over with Sync calls): each node
-    announces itself once, on its first connection; a newcomer is heard by everybody, but neither its
-    arrival nor a new connection makes anyone announce again (that was O(N^2) deliveries)."""
+    """The daemon's settings (``hello_replies=False``, no periodic hello: it hands hellos over with
+    Sync and Peers calls): each node announces itself once, on its first connection, also when its
+    blob was set before it had any; a newcomer is heard by everybody, but neither its arrival nor a
+    new connection makes anyone announce again (that was O(N^2) deliveries). A changed blob is
+    announced at once."""
 
     async def main() -> None:
-        quiet = GossipConfig(hello_replies=False, hello_interval=600.0)
+        quiet = GossipConfig(hello_replies=False, hello_interval=None)
         ra, rb, rc = Recorder(), Recorder(), Recorder()
         a = make_node(0, ra, [], config=quiet)
         async with trio.open_nursery() as nursery:
             await nursery.start(a.run)
             b = make_node(1, rb, a.listen_addrs, config=quiet)
+            b.announce = b'{"grpc": "127.0.0.1:5001", "n": 1, "p2p": []}'  # not announced by itself
             await nursery.start(b.run)
             await wait_until(lambda: b.peer_id in ra.hellos and a.peer_id in rb.hellos, "a and b hear each other")
             c = make_node(2, rc, a.listen_addrs, config=quiet)
@@ -351,6 +354,10 @@ def test_without_replies_a_newcomer_is_heard_but_nobody_reannounces() -> None:
             # Nobody published again for the newcomer or the new connection (c may still see a's and
             # b's first hellos: py-libp2p replays recent messages to a new neighbour).
             assert a.stats["published"] == 1 and b.stats["published"] == 1 and c.stats["published"] == 1
+            assert rc.hellos[b.peer_id] == b.announce
+            c.announce = b'{"grpc": "127.0.0.1:6002", "n": 2}'  # moved: say so at once
+            await wait_until(lambda: ra.hellos.get(c.peer_id) == c.announce, "a hears c's new address")
+            assert c.stats["published"] == 2
             nursery.cancel_scope.cancel()
 
     run_trio(main)

@@ -1,11 +1,11 @@
-"""The experiment topologies: root_chain and binary_tree (Hyper-Distance) and fl_n (Scale)."""
+"""The experiment topologies: root_chain, binary_tree and broom (Hyper-Distance) and fl_n (Scale)."""
 
 from __future__ import annotations
 
 import pytest
 
 from fiun_peer.data import load_digits
-from simulations.topology import TopologyError, assign_data, binary_tree, fl_n, root_chain, to_umig
+from simulations.topology import TopologyError, assign_data, binary_tree, broom, fl_n, root_chain, to_umig
 
 
 def _depths(nodes) -> dict[str, int]:
@@ -45,6 +45,21 @@ def test_binary_tree_every_inner_node_has_two_children(depth):
     assert all(g.discovery_ancestors(n.id, [5]) == ["n0"] for n in nodes)
 
 
+@pytest.mark.parametrize("depth", [1, 2, 8, 16])
+def test_broom_keeps_its_size_and_only_the_depth_changes(depth):
+    nodes = broom(depth, size=16)
+    assert len(nodes) == 17
+    d = _depths(nodes)
+    assert max(d.values()) == depth
+    assert sorted(v for k, v in d.items() if k.startswith("l")) == [1] * (16 - depth)
+    g = to_umig(nodes)
+    assert g.discovery_nodes([9]) == ["n0"]
+    assert set(g.unlearning_subgraph([9])) == {n.id for n in nodes}
+    assert [n.id for n in broom(16, size=16)] == [n.id for n in root_chain(16)]
+    with pytest.raises(TopologyError, match="descendants"):
+        broom(17, size=16)
+
+
 @pytest.mark.parametrize("clients", [1, 7, 63])
 def test_fl_n_aggregates_every_client_into_g(clients):
     nodes = fl_n(clients)
@@ -69,7 +84,7 @@ def test_largest_shapes_get_disjoint_non_empty_digits_data(nodes):
     assert len(flat) == len(set(flat)) and all(idx[n.id] for n in nodes)
 
 
-@pytest.mark.parametrize("make", [root_chain, binary_tree])
+@pytest.mark.parametrize("make", [root_chain, binary_tree, broom])
 def test_depth_zero_is_rejected(make):
     with pytest.raises(TopologyError, match="depth"):
         make(0)
