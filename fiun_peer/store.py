@@ -29,6 +29,7 @@ from fiun_peer.records import Record, is_digest, parse_record, record_id_of
 DB_FILE = "store.sqlite"
 BLOB_DIR = "blobs"
 _COPY_CHUNK = 1 << 20
+_IN_CHUNK = 500
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -159,6 +160,20 @@ class Store:
             rows = self._query("SELECT record_id, envelope FROM records WHERE kind = ? ORDER BY seq",
                                (kind,))
         return [self._to_record(rid, env) for rid, env in rows]
+
+    def envelopes_except(self, have: set[str]) -> list[bytes]:
+        """Envelopes of the records whose id is not in ``have``, in arrival order (what a Sync
+        caller lacks). Reads the ids first and only the missing envelopes: a caller that is up to
+        date, the usual case, costs one index scan, not a copy of every record."""
+        seqs = [seq for seq, rid in self._query("SELECT seq, record_id FROM records ORDER BY seq")
+                if rid not in have]
+        out: list[bytes] = []
+        for i in range(0, len(seqs), _IN_CHUNK):  # SQLite caps the number of bound parameters
+            chunk = seqs[i:i + _IN_CHUNK]
+            rows = self._query(f"SELECT envelope FROM records WHERE seq IN ({','.join('?' * len(chunk))})"
+                               " ORDER BY seq", tuple(chunk))
+            out.extend(bytes(row[0]) for row in rows)
+        return out
 
     # -- counters -------------------------------------------------------------------------------------
 

@@ -48,6 +48,16 @@ def test_records_round_trip_in_arrival_order(store: Store) -> None:
     assert store.get_record("0" * 64) is None and not store.has_record("0" * 64)
 
 
+def test_envelopes_except_lists_what_a_caller_lacks_oldest_first(store: Store) -> None:
+    batch = [receipt(i) if i % 2 else request(i) for i in range(1203)]  # more than one IN (...) chunk
+    for r in batch:
+        store.add_record(r)
+    have = {r.record_id for r in batch[::3]}
+    assert store.envelopes_except(have) == [r.envelope for r in batch if r.record_id not in have]
+    assert store.envelopes_except({r.record_id for r in batch}) == []
+    assert store.envelopes_except(set()) == [r.envelope for r in batch]
+
+
 def test_records_survive_reopen(tmp_path: Path) -> None:
     with Store(tmp_path) as s:
         s.add_record(receipt(0))

@@ -61,10 +61,8 @@ class RecordServicer(records_pb2_grpc.RecordServiceServicer):
                           f"hello is {len(request.hello)} bytes, at most {MAX_HELLO_BYTES} allowed")
         if request.hello and self._on_hello is not None:
             self._on_hello(request.hello)
-        have = set(request.have_ids)
-        for record in self._store.records():  # arrival order = oldest first
-            if record.record_id not in have:
-                yield records_pb2.Envelope(data=record.envelope)
+        for envelope in self._store.envelopes_except(set(request.have_ids)):  # oldest first
+            yield records_pb2.Envelope(data=envelope)
 
     def Push(self, request: records_pb2.Envelope,
              context: grpc.ServicerContext) -> records_pb2.PushReply:
