@@ -255,17 +255,21 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
-def wait_quiet(pids: list[int], *, per_peer: float = 0.03, probe_s: float = 2.0, timeout: float = 120.0) -> dict:
-    """Wait until the peer processes burn under ``per_peer`` cores each (averaged over
-    ``probe_s``): a cluster just started is still syncing and greeting, and on shared cores that
-    work would be counted in the next request's time. Returns the waited seconds and last rate."""
+def wait_quiet(pids: list[int], *, per_peer: float = 0.03, max_share: float = 0.5, probe_s: float = 2.0,
+               timeout: float = 120.0) -> dict:
+    """Wait until the peer processes burn under ``per_peer`` cores each and under ``max_share`` of
+    the machine's cores in all (averaged over ``probe_s``; without the second bound 64 peers would
+    count as quiet on 2 saturated cores): a cluster just started is still syncing and greeting, and
+    on shared cores that work would be counted in the next measurement. Returns the waited
+    seconds, the last rate and the bound."""
+    bound = min(per_peer * len(pids), max_share * (os.cpu_count() or 1))
     t0 = time.time()
     while True:
         c = cpu_seconds(pids)
         time.sleep(probe_s)
         rate = (cpu_seconds(pids) - c) / probe_s
-        if rate <= per_peer * len(pids) or time.time() - t0 > timeout:
-            return {"waited_s": time.time() - t0, "cpu_rate": rate, "quiet": rate <= per_peer * len(pids)}
+        if rate <= bound or time.time() - t0 > timeout:
+            return {"waited_s": time.time() - t0, "cpu_rate": rate, "bound": bound, "quiet": rate <= bound}
 
 
 def run_request(requester: Peer, owners: dict[str, Peer], peers: list[Peer], forget: tuple[int, ...],

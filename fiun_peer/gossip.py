@@ -32,6 +32,8 @@ py-libp2p 0.8.1 traps this module works around (see DESIGN.md "Measured on this 
 * Adaptive gossip stretches the heartbeat to 30-60 s when it judges the mesh unhealthy (a small
   mesh looks unhealthy); it is turned off so the heartbeat stays at ``heartbeat_interval``.
 * Our own publishes are delivered to our own subscription: they are filtered out here.
+* The swarm's AutoConnector dials every peer it has an address for (up to 200 connections), which
+  turns N peers into a full mesh; it is kept from starting (``_disable_auto_connect``).
 Gossip is best effort all the same: the agent's anti-entropy sync must repair any gap.
 """
 
@@ -138,6 +140,26 @@ class GossipConfig:
     bootstrap_check_interval: float = 2.0
     #: Messages buffered between libp2p and the callbacks (beyond this they are dropped and counted).
     inbound_buffer: int = 10_000
+
+
+def _disable_auto_connect(network: Any) -> None:
+    """Keep py-libp2p's AutoConnector from starting (0.8.1 has no switch for it).
+
+    It dials every peer in the peerstore until the host holds 200 connections (go-libp2p's
+    connection-manager watermarks, 100-300), re-checking every 10 s while under 50. Peers learn
+    every address from the signed peer records piggybacked on pubsub RPCs, so N peers end up in a
+    full mesh of N^2/2 Noise connections, and each one adds GossipSub heartbeat and control
+    traffic: with 64 peers on 2 cores the handshakes alone saturated the machine. Our peers choose
+    their few connections themselves (the daemon's PEER_DEGREE); its ``maybe_connect`` returns at
+    once while the connector is not started."""
+    connector = getattr(network, "auto_connector", None)
+    if connector is None:
+        return
+
+    async def not_started() -> None:
+        return None
+
+    connector.start = not_started
 
 
 def clean_peerstore(peerstore: Any) -> None:
@@ -357,6 +379,7 @@ class GossipNode:
         if self._host is not None:
             raise GossipError("GossipNode.run may be called only once")
         host = self._build_host()
+        _disable_auto_connect(host.get_network())
         gossipsub = self._build_gossipsub()
         pubsub = Pubsub(host, gossipsub)
         host.get_network().register_notifee(_ConnNotifee(self))

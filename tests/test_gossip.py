@@ -385,3 +385,32 @@ def test_peerstore_cleanup_survives_an_expired_peer_with_a_signed_record() -> No
     ps, pid = expired_peer_with_record()
     clean_peerstore(ps)
     assert pid not in ps.peer_data_map and pid not in ps.peer_record_map
+
+
+def test_nodes_dial_only_whom_they_are_told_to() -> None:
+    """py-libp2p's AutoConnector would dial every peer whose address the peerstore holds (peers
+    learn all of them from the signed records on pubsub RPCs): N peers would end in a full mesh.
+    A node knowing c's address does not connect to c unless told to."""
+
+    async def main() -> None:
+        ra, rb, rc = Recorder(), Recorder(), Recorder()
+        a = make_node(0, ra, [])
+        async with trio.open_nursery() as nursery:
+            await nursery.start(a.run)
+            b = make_node(1, rb, a.listen_addrs)
+            c = make_node(2, rc, a.listen_addrs)
+            await nursery.start(b.run)
+            await nursery.start(c.run)
+            await wait_until(lambda: a.peer_id in b.connected_peers() and a.peer_id in c.connected_peers(),
+                             "b and c join through a")
+            info = info_from_p2p_addr(multiaddr.Multiaddr(c.listen_addrs[0]))
+            network = b._host.get_network()
+            network.peerstore.add_addrs(info.peer_id, info.addrs, 3600)
+            await network.auto_connector.maybe_connect()   # the library's own check, run now
+            await trio.sleep(0.5)
+            assert c.peer_id not in b.connected_peers()
+            await b.connect(c.listen_addrs[0])               # told to: it does
+            assert c.peer_id in b.connected_peers()
+            nursery.cancel_scope.cancel()
+
+    run_trio(main)
