@@ -26,7 +26,7 @@ from . import faults
 from .bridge import run_in_worker
 from .core.fiun import FIUnSettings
 from .identity import Identity
-from .lineage import LineageView, build_view
+from .lineage import LineageView, add_version, build_view
 from .models import build_model
 from .policy import Refusal, RequesterPolicy, authorize, fisher_problem
 from .records import (
@@ -166,7 +166,10 @@ class Agent:
         self.store.incr(f"records_{rec.kind}")
         self.arrived.setdefault(rec.record_id, time.time())
         if rec.kind == "lineage":
-            self._view = None
+            if rec.predicate["version"] > 1 and self._view is not None:
+                add_version(self._view, rec)   # the graph is unchanged: no rebuild per new version
+            else:
+                self._view = None
         log.info("record stored", extra={"event": "record_stored", "kind": rec.kind,
                                          "subject": rec.subject_name, "source": source})
         self.kick()

@@ -1,7 +1,7 @@
 """The network's lineage graph as every peer sees it, derived from signed records alone.
 
-Pure over records: the agent rebuilds it whenever a lineage record arrives, so there is one owner of
-truth (the store) and no second copy to keep in sync.
+Pure over records: the agent rebuilds it whenever a model's first lineage record arrives (and folds
+later versions in with ``add_version``), so there is one owner of truth (the store).
 """
 
 from __future__ import annotations
@@ -46,11 +46,8 @@ def build_view(lineage_records: Iterable[Record]) -> LineageView:
                 continue
             view.first[mid] = r
             view.latest[mid] = r
-        elif mid in view.first and r.signer == view.first[mid].signer:
-            if r.predicate["version"] > view.latest[mid].predicate["version"]:
-                view.latest[mid] = r
         else:
-            view.rejected.append((r.record_id, f"version {r.predicate['version']} of {mid} not by its owner"))
+            add_version(view, r)
     # Add nodes parents-first; a model whose parents are unknown yet waits until they arrive.
     pending = dict(view.first)
     while pending:
@@ -69,3 +66,16 @@ def build_view(lineage_records: Iterable[Record]) -> LineageView:
         if not progressed:
             break
     return view
+
+
+def add_version(view: LineageView, record: Record) -> None:
+    """Fold a later version (2, 3, ...) of a known model into ``view`` in place: it moves the model's
+    latest digest and leaves the graph alone (edges come from the first version). The agent calls
+    this as such records arrive (one per model per request) instead of rebuilding the view, which
+    would cost O(models) each time; ``build_view`` folds them the same way."""
+    mid, version = record.predicate["model_id"], record.predicate["version"]
+    if mid in view.first and record.signer == view.first[mid].signer:
+        if version > view.latest[mid].predicate["version"]:
+            view.latest[mid] = record
+    else:
+        view.rejected.append((record.record_id, f"version {version} of {mid} not by its owner"))

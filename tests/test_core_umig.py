@@ -282,3 +282,19 @@ def test_ancestors_are_transitive_and_topologically_ordered():
     assert g.ancestors("z") == ["r", "x", "y"]
     assert g.ancestors("x") == ["r"]
     assert g.ancestors("r") == []
+
+
+def test_answers_follow_the_graph_as_it_grows_and_callers_cannot_change_them():
+    g = UMIG()
+    g.add_model("a", [1])
+    g.add_model("b", [2])
+    g.add_edge("a", "b", "finetune")
+    assert g.unlearning_subgraph([1]) == ["a", "b"] and g.descendants("a") == ["b"]
+    mine = g.models()
+    mine.append("zzz")                                   # a caller's copy, not the graph's
+    assert g.models() == ["a", "b"]
+    g.add_model("c", [3])
+    assert g.models() == ["a", "b", "c"] and g.unlearning_subgraph([1]) == ["a", "b"]
+    g.add_edge("b", "c", "distill")
+    assert g.unlearning_subgraph([1]) == ["a", "b", "c"] and g.descendants("a") == ["b", "c"]
+    assert g.unlearning_subgraph([3]) == ["c"] and g.unlearning_subgraph([7]) == []

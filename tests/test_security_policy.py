@@ -12,6 +12,7 @@ import pytest
 from fiun_peer import records as R
 from fiun_peer.agent import Agent
 from fiun_peer.identity import Identity
+from fiun_peer.lineage import build_view
 from fiun_peer.policy import PolicyError, RequesterPolicy
 from fiun_peer.store import Store
 
@@ -75,6 +76,17 @@ def test_lineage_only_from_the_owner(agent: Agent) -> None:
     assert agent.view.owner("g") == ALICE.public_key_hex
     c = agent.store.counters()
     assert (c["rejected_not_owner"], c["rejected_conflict"]) == (2, 1)
+
+
+def test_later_versions_move_the_view_as_a_rebuild_from_the_store_would(agent: Agent) -> None:
+    _ = agent.view                                            # built: later versions fold into it
+    for rec in (lineage(ALICE, "g", [0, 1, 2, 3, 4], version=3), lineage(ALICE, "g", [0, 1, 2, 3, 4], version=2),
+                lineage(BOB, "a", [5, 6, 7, 8, 9], ("g",), version=2)):
+        assert ingest(agent, rec) == "accepted"
+    rebuilt = build_view(agent.store.records("lineage"))
+    assert {m: r.record_id for m, r in agent.view.latest.items()} == {m: r.record_id for m, r in rebuilt.latest.items()}
+    assert agent.view.latest["g"].predicate["version"] == 3   # an older version arriving later does not win
+    assert agent.view.umig.models() == rebuilt.umig.models() == ["g", "a"]
 
 
 def test_a_later_version_before_its_first_is_deferred_then_accepted(agent: Agent) -> None:

@@ -23,6 +23,9 @@ class UMIG:
 
     def __init__(self) -> None:
         self._g = nx.DiGraph()
+        # Answers to the queries below until the graph changes: a peer asks them on every record it
+        # takes in (one reconcile pass each), and each one walks the whole graph.
+        self._memo: dict[tuple, list[str]] = {}
 
     # -- building -------------------------------------------------------------------------------
     def add_model(self, model_id: str, labels: Iterable[int]) -> None:
@@ -34,6 +37,7 @@ class UMIG:
                                 f"{sorted(self._g.nodes[model_id]['labels'])}, not {sorted(labels)}")
             return
         self._g.add_node(model_id, labels=labels)
+        self._memo.clear()
 
     def add_edge(self, parent: str, child: str, relation: str) -> None:
         """Add parent -> child; rejects unknown models, unknown relations and cycles."""
@@ -45,6 +49,7 @@ class UMIG:
         if parent == child or nx.has_path(self._g, child, parent):
             raise UMIGError(f"edge {parent!r} -> {child!r} would make a cycle")
         self._g.add_edge(parent, child, relation=relation)
+        self._memo.clear()
 
     # -- reading --------------------------------------------------------------------------------
     def __contains__(self, model_id: object) -> bool:
@@ -53,9 +58,14 @@ class UMIG:
     def __len__(self) -> int:
         return self._g.number_of_nodes()
 
+    def _memoized(self, key: tuple, compute) -> list[str]:
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return list(self._memo[key])  # a copy: callers may change theirs
+
     def models(self) -> list[str]:
         """All model ids, parents before children (a deterministic topological order)."""
-        return list(nx.lexicographical_topological_sort(self._g))
+        return self._memoized(("models",), lambda: list(nx.lexicographical_topological_sort(self._g)))
 
     def labels(self, model_id: str) -> frozenset[int]:
         return self._g.nodes[model_id]["labels"]
@@ -76,8 +86,10 @@ class UMIG:
 
     def descendants(self, model_id: str) -> list[str]:
         """Every model that inherits from ``model_id``, directly or transitively (topological order)."""
-        found = nx.descendants(self._g, model_id)
-        return [m for m in self.models() if m in found]
+        def compute() -> list[str]:
+            found = nx.descendants(self._g, model_id)
+            return [m for m in self.models() if m in found]
+        return self._memoized(("descendants", model_id), compute)
 
     def depth(self, model_id: str) -> int:
         """Longest path length from any root to this model."""
@@ -92,11 +104,19 @@ class UMIG:
 
     def unlearning_subgraph(self, forget_labels: Iterable[int]) -> list[str]:
         """Discovery nodes and every model that inherits from one, in topological order."""
-        affected: set[str] = set()
-        for d in self.discovery_nodes(forget_labels):
-            affected.add(d)
-            affected |= nx.descendants(self._g, d)
-        return [m for m in self.models() if m in affected]
+        cf = frozenset(int(c) for c in forget_labels)
+
+        def compute() -> list[str]:
+            # One walk from all discovery nodes at once (per-node descendants would be O(V·E)).
+            affected = set(self.discovery_nodes(cf))
+            frontier = list(affected)
+            while frontier:
+                for child in self._g.successors(frontier.pop()):
+                    if child not in affected:
+                        affected.add(child)
+                        frontier.append(child)
+            return [m for m in self.models() if m in affected]
+        return self._memoized(("subgraph", cf), compute)
 
     def discovery_ancestors(self, model_id: str, forget_labels: Iterable[int]) -> list[str]:
         """The discovery nodes ``model_id`` descends from, itself included (the k of Eq. 5)."""
