@@ -45,6 +45,8 @@ from .tensors import TensorFileError, from_bytes, load_dataset_bytes, to_bytes
 from .unlearn import apply_fiun, head_tensor_names, node_model_fisher, node_unlearning_fisher
 
 log = logging.getLogger("fiun_peer.agent")
+#: Fisher pulls in flight at once for one model (an aggregate pulls one per discovery ancestor).
+PULL_PARALLEL = 8
 
 
 class AgentError(ValueError):
@@ -117,6 +119,7 @@ class Agent:
         self.store = store
         self._publish = publish              # async fn(bytes, push_to, gossip): send it (see publish_record)
         self._fetch_blob = fetch_blob        # blocking fn(grpc target, digest) -> verified bytes
+        self._pull_slots = trio.CapacityLimiter(PULL_PARALLEL)
         self.defaults = defaults or FIUnSettings()
         self.peers: dict[str, str] = {}      # public key hex -> gRPC address (learned from hellos)
         self.arrived: dict[str, float] = {}  # record id -> when this peer first stored it
@@ -444,9 +447,21 @@ class Agent:
         if missing:
             self._set_why(key, st, self._waiting_for(missing))
             return
+        # All at once: an aggregate (FL's global model) descends from every client, and one pull
+        # after another would put N round trips on the request's critical path. Merged in `anc`
+        # order below, whatever order they arrive in.
+        got: dict[str, tuple[dict[str, torch.Tensor] | None, str]] = {}
+
+        async def pull(d: str) -> None:
+            async with self._pull_slots:
+                got[d] = await self._get_fisher(announced[d])
+
+        async with trio.open_nursery() as nursery:
+            for d in anc:
+                nursery.start_soon(pull, d)
         fishers = []
         for d in anc:
-            blob, why = await self._get_fisher(announced[d])
+            blob, why = got[d]
             if blob is None:
                 self._set_why(key, st, why)
                 return
