@@ -240,17 +240,24 @@ async def serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str =
         finally:
             syncing.discard(target)
 
+    async def sync_round(targets: list[str]) -> None:
+        # One after another: each call names what the previous ones brought, so a burst of new
+        # records (a request makes three per affected model) comes once per round, not once per
+        # target. Three at once sent every peer the same records three times, and at 64 peers on
+        # 2 cores that redundant traffic kept the machine saturated for minutes.
+        for target in targets:
+            await sync_once(target)
+
     async def anti_entropy() -> None:
         while True:
             await trio.sleep(sync_interval)
-            # Concurrently: in a partition, calls to the far side hang until they fail, and must not
-            # hold up the syncs that keep this side converging (gossip may route via the far side).
+            # Each round in its own task: in a partition, calls to the far side hang until they fail,
+            # and must not hold up the next rounds, which keep this side converging.
             # A few random peers per round, not all: all-pairs sync is O(N^2) work per interval.
             targets = sorted(set(agent.peers.values()))
             chosen = random.sample(targets, min(SYNC_FANOUT, len(targets)))
-            for target in chosen:
-                nursery.start_soon(sync_once, target)
             if chosen:
+                nursery.start_soon(sync_round, chosen)
                 nursery.start_soon(exchange_peers, chosen[0])
 
     node = GossipNode(identity.libp2p_keypair(), p2p_listen, on_message=on_message, on_hello=on_hello,
