@@ -189,7 +189,7 @@ def section(result: dict, command: str, png: str) -> str:
                 if result.get("partial") else ""), "",
              "Topology `fl_n(N-1)`: N-1 FL clients (every label) and their FedAvg g, one real `fiun-peer` "
              "process per model (no peers share a process). A lineage record's reach time is from its "
-             "publisher storing it (just before it pushes and gossips it) to the last peer storing it, from the peers' "
+             "publisher storing it (just before it pushes it to every peer it knows) to the last peer storing it, from the peers' "
              "own `record_stored` log events; median and p99 over the N records. Request → all receipts is "
              "from submitting the request at c1 to the last receipt stored, at c1 and at every peer. Every "
              "client is a discovery node, so each request makes N-1 Fisher announcements and g merges all "
