@@ -242,7 +242,8 @@ class Agent:
         every owner at once, also one we have not heard of yet; a new model can wait for
         anti-entropy there. Gossip is dear: py-libp2p spends about 5 ms of CPU per pubsub RPC and
         GossipSub delivers each message about D=6 times to every peer, so gossiping N models to N
-        peers costs O(N^2 D) RPCs (measured: it kept 2 cores busy for minutes at N=64). A request
+        peers costs O(N^2 D) RPCs (measured: gossiped hellos alone kept an idle 32-peer network on 2
+        cores saturated; RESULTS.md, Scale). A request
         makes an announcement per discovery model and a receipt and a new version per affected
         model; an announcement is pushed to the owners of the models that inherit from ours (the
         only ones that merge it), a receipt to the requester only (it completes the request there),
