@@ -108,7 +108,7 @@ def _observe(stage: Stage, cfg: SimConfig, opts: NetworkOptions, groups: list[li
             progress.count("published", len(published), len(owners))
 
         publish_stage(stage, owners, on_published=pub, timeout=opts.startup_timeout)
-        progress.phase("gossiping lineage")
+        progress.phase("spreading lineage")
         for i, peer in enumerate(cluster.peers):
             cluster.wait_lineage(peer, len(owners), timeout=opts.startup_timeout)
             progress.count("peers know the whole lineage", i + 1, len(cluster.peers))
