@@ -76,23 +76,26 @@ class RecordServicer(records_pb2_grpc.RecordServiceServicer):
 
     def Peers(self, request: records_pb2.PeersRequest,
               context: grpc.ServicerContext) -> records_pb2.PeersReply:
-        if self._peers is None:
-            context.abort(grpc.StatusCode.UNIMPLEMENTED, "this server keeps no peer list")
-        try:
-            hellos = self._peers()
-        except Exception as exc:  # e.g. shutting down
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"no peer list now: {type(exc).__name__}: {exc}")
+        hellos = _ask(self._peers, context, absent="this server keeps no peer list", failing="no peer list now")
         return records_pb2.PeersReply(hellos=[h for h in hellos if h][:MAX_HELLOS])
 
     def Identify(self, request: records_pb2.IdentifyRequest,
                  context: grpc.ServicerContext) -> records_pb2.PeerInfo:
-        if self._identify is None:
-            context.abort(grpc.StatusCode.UNIMPLEMENTED, "this server does not identify itself")
-        try:
-            info = self._identify()
-        except Exception as exc:  # e.g. libp2p not up yet: the caller retries
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"not ready to identify: {type(exc).__name__}: {exc}")
+        # Failing, e.g. libp2p not up yet: the caller retries.
+        info = _ask(self._identify, context, absent="this server does not identify itself",
+                    failing="not ready to identify")
         return records_pb2.PeerInfo(**info)
+
+
+def _ask(handler: Callable[[], object] | None, context: grpc.ServicerContext, *, absent: str, failing: str):
+    """The daemon-supplied answer for an optional RPC: UNIMPLEMENTED without a handler, UNAVAILABLE
+    (with the reason) when it fails, e.g. while the peer starts or shuts down."""
+    if handler is None:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, absent)
+    try:
+        return handler()
+    except Exception as exc:
+        context.abort(grpc.StatusCode.UNAVAILABLE, f"{failing}: {type(exc).__name__}: {exc}")
 
 
 def known_hellos(target: grpc.Channel | str, *, timeout: float = 10.0,
