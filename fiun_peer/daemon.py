@@ -30,6 +30,7 @@ from .gossip import GossipConfig, GossipError, GossipNode
 from .identity import Identity
 from .join import join_via, split_bootstrap
 from .metrics import GossipView, PeerMetrics, parse_bind
+from .pacing import SyncPacer, with_retries
 from .policy import RequesterPolicy
 from .rpc.channel import ChannelPool
 from .rpc.fisher_service import FisherServicer, fetch_blob
@@ -41,12 +42,18 @@ log = logging.getLogger("fiun_peer.daemon")
 
 #: Dial peers learned from hellos until this many are connected (GossipSub's mesh degree D=6).
 PEER_DEGREE = 6
-#: Concurrent direct pushes of our own records (see ``publish``).
-PUSH_PARALLEL = 8
+#: Concurrent direct pushes of our own records (see ``publish``). On a loaded machine a push waits
+#: far longer on scheduling than it works, so more in flight shortens a request's fan-out.
+PUSH_PARALLEL = 16
+#: Seconds before each retry of a failed push to a peer that acts on the record (see fiun_peer.pacing).
+PUSH_RETRIES = (1.0, 2.0, 4.0)
 #: Peers asked per anti-entropy round (chosen at random, so every pair meets within a few rounds).
 SYNC_FANOUT = 3
 #: Syncs in flight at once from one peer (catch-ups with newly heard peers come in bursts).
 SYNC_PARALLEL = 4
+#: Quiet anti-entropy rounds stretch the interval up to this many times ``sync_interval`` (see
+#: fiun_peer.pacing.SyncPacer).
+SYNC_BACKOFF = 4
 #: Seconds between pushing a record and gossiping it. Gossip is the safety net for peers we do not
 #: know yet; every peer pays tens of ms of CPU to forward one gossip message (py-libp2p), so on
 #: shared cores gossiping at once would slow the unlearning that the push has just started.
@@ -88,12 +95,16 @@ async def serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str =
     channels = ChannelPool(tls=client_tls)  # one per peer, for pushes, syncs and Fisher pulls
     sync_slots = trio.CapacityLimiter(SYNC_PARALLEL)
 
-    async def push_to(target: str, data: bytes) -> None:
-        try:
+    async def push_to(target: str, data: bytes, retries: tuple[float, ...] = ()) -> None:
+        async def attempt() -> None:
             await trio.to_thread.run_sync(
                 functools.partial(push_record, channels.get(target), data, timeout=10.0), limiter=push_slots)
-        except Exception as exc:  # gossip and anti-entropy still carry it
+
+        def failed(exc: Exception) -> None:  # gossip and anti-entropy still carry it
+            store.incr("push_failed")
             log.debug("push failed", extra={"event": "push_failed", "target": target, "detail": str(exc)})
+
+        await with_retries(attempt, retries, failed)
 
     async def publish(data: bytes, push_to_addrs: list[str] | None = None, gossip_too: bool = True) -> None:
         # Our own records go straight to the peers that act on them (the agent names them; None:
@@ -102,8 +113,11 @@ async def serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str =
         # with the lineage's depth. Gossip reaches everyone else; anti-entropy repairs the rest.
         if push_nursery is None:  # not started yet: nothing to tell anyone
             return
+        # A record for everyone is not retried (gossip and sync carry it); one for the few peers
+        # that act on it is, since each of them waits on it.
+        retries = () if push_to_addrs is None else PUSH_RETRIES
         for target in sorted(set(agent.peers.values() if push_to_addrs is None else push_to_addrs)):
-            push_nursery.start_soon(push_to, target, data)
+            push_nursery.start_soon(push_to, target, data, retries)
         if gossip_too and node is not None and node.is_up:
             push_nursery.start_soon(gossip, data)  # in the background: the agent does not wait on it
 
@@ -162,8 +176,7 @@ async def serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str =
         except Exception as exc:  # the peer may be gone; the next round retries
             log.debug("sync failed", extra={"event": "sync_failed", "target": target, "detail": str(exc)})
             return
-        for env in envelopes:
-            agent.ingest(env, source=f"sync:{target}")
+        agent.ingest_many(envelopes, source=f"sync:{target}")
 
     async def on_message(data: bytes, sender: str) -> None:
         agent.ingest(data, source="gossip")
@@ -249,8 +262,10 @@ async def serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str =
             await sync_once(target)
 
     async def anti_entropy() -> None:
+        pacer = SyncPacer(sync_interval, SYNC_BACKOFF, (agent.stored, len(agent.peers)))
         while True:
-            await trio.sleep(sync_interval)
+            await trio.sleep(pacer.gap())
+            pacer.observe((agent.stored, len(agent.peers)))
             # Each round in its own task: in a partition, calls to the far side hang until they fail,
             # and must not hold up the next rounds, which keep this side converging.
             # A few random peers per round, not all: all-pairs sync is O(N^2) work per interval.
