@@ -264,8 +264,9 @@ async def serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str =
     async def anti_entropy() -> None:
         pacer = SyncPacer(sync_interval, SYNC_BACKOFF, (agent.stored, len(agent.peers)))
         while True:
-            await trio.sleep(pacer.gap())
-            pacer.observe((agent.stored, len(agent.peers)))
+            await trio.sleep(sync_interval)
+            if not pacer.due((agent.stored, len(agent.peers))):
+                continue
             # Each round in its own task: in a partition, calls to the far side hang until they fail,
             # and must not hold up the next rounds, which keep this side converging.
             # A few random peers per round, not all: all-pairs sync is O(N^2) work per interval.
