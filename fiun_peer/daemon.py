@@ -168,15 +168,16 @@ async def serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str =
     hello_info = {"grpc": grpc_address, "public_key": identity.public_key_hex, "name": identity.name}
     hello = json.dumps(hello_info).encode()
 
-    async def sync_with(target: str) -> None:
+    async def sync_with(target: str) -> int:
+        """One Sync call; returns how many records it stored."""
         try:
             envelopes = await trio.to_thread.run_sync(functools.partial(
                 sync_records, channels.get(target), store.record_ids(), hello=node.announce or b""),
                 limiter=sync_slots)
         except Exception as exc:  # the peer may be gone; the next round retries
             log.debug("sync failed", extra={"event": "sync_failed", "target": target, "detail": str(exc)})
-            return
-        agent.ingest_many(envelopes, source=f"sync:{target}")
+            return 0
+        return agent.ingest_many(envelopes, source=f"sync:{target}")
 
     async def on_message(data: bytes, sender: str) -> None:
         agent.ingest(data, source="gossip")
@@ -244,12 +245,12 @@ async def serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str =
 
     syncing: set[str] = set()
 
-    async def sync_once(target: str) -> None:
+    async def sync_once(target: str) -> int:
         if target in syncing:  # still waiting on an unreachable peer from an earlier round
-            return
+            return 0
         syncing.add(target)
         try:
-            await sync_with(target)
+            return await sync_with(target)
         finally:
             syncing.discard(target)
 
@@ -258,15 +259,16 @@ async def serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str =
         # records (a request makes three per affected model) comes once per round, not once per
         # target. Three at once sent every peer the same records three times, and at 64 peers on
         # 2 cores that redundant traffic kept the machine saturated for minutes.
+        stored = 0
         for target in targets:
-            await sync_once(target)
+            stored += await sync_once(target)
+        pacer.round_done(stored)
+
+    pacer = SyncPacer(sync_interval, SYNC_BACKOFF)
 
     async def anti_entropy() -> None:
-        pacer = SyncPacer(sync_interval, SYNC_BACKOFF, (agent.stored, len(agent.peers)))
         while True:
-            await trio.sleep(sync_interval)
-            if not pacer.due((agent.stored, len(agent.peers))):
-                continue
+            await trio.sleep(pacer.gap())
             # Each round in its own task: in a partition, calls to the far side hang until they fail,
             # and must not hold up the next rounds, which keep this side converging.
             # A few random peers per round, not all: all-pairs sync is O(N^2) work per interval.

@@ -19,14 +19,14 @@ from fiun_peer.store import Store
 OWNERS = [Identity.from_seed(bytes([i + 10]) * 32, f"o{i}") for i in range(3)]
 
 
-def test_quiet_rounds_stretch_the_gap_up_to_the_backoff_and_news_cuts_it_short() -> None:
-    p = SyncPacer(2.0, 4, state=(0, 0))
-    asked = [(0, 0)] * 12 + [(5, 0), (5, 0), (5, 0), (5, 1), (5, 1)]
-    rounds = [i for i, state in enumerate(asked) if p.due(state)]
-    # Quiet: gaps of 1, 2, 4, 4 ticks (2, 4, 8, 8 s). News at tick 12, in the middle of a gap: a
-    # round at once, then at the base rate while it lasts; a new peer (tick 15) counts as news.
-    assert rounds == [0, 2, 6, 10, 12, 13, 15, 16]
-    assert p.gap() == 4.0
+def test_rounds_that_find_nothing_stretch_the_gap_up_to_the_backoff_and_a_find_resets_it() -> None:
+    p = SyncPacer(2.0, 4)
+    gaps = []
+    for stored in [0, 0, 0, 0, 3, 0, 1]:
+        gaps.append(p.gap())
+        p.round_done(stored)
+    assert gaps == [2.0, 4.0, 8.0, 8.0, 8.0, 2.0, 4.0]
+    assert p.gap() == 2.0
     with pytest.raises(ValueError, match="sync interval"):
         SyncPacer(0.0, 4)
 
