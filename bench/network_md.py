@@ -174,7 +174,7 @@ def render(doc: dict, plots: list[str]) -> str:
              "columns evaluate the weights fetched back from the peers. *Equals centralized*: every node's new weights "
              "are `torch.equal` to Algorithm 1 run in-process on the same stage. Times: re-training is the sequential "
              "sum of the sub-graph's training times; *FIUn on peers* runs from sending the request to the last receipt "
-             "reaching the peer it was sent to (gossip, Fisher pulls over gRPC and the peers' polling included); "
+             "reaching the peer it was sent to (pushes, Fisher pulls over gRPC and the peers' polling included); "
              "*in-process* is Algorithm 1's compute alone. Wall-clock seconds on a shared 2-core machine that other "
              "jobs were loading, so compare within a row.", "",
              f"**{equal} of {len(allr)} network runs equal the centralized run bit for bit; {met} of {len(allr)} "
@@ -182,11 +182,12 @@ def render(doc: dict, plots: list[str]) -> str:
     if allr:
         net = [r["fiun_seconds"] for r in allr]
         rt = [r["retrain_seconds"] for r in allr]
+        alg = [r["centralized_fiun_seconds"] for r in allr]
         lines += [f"FIUn on peers took {min(net):.2f}–{max(net):.2f} s from request to last receipt, re-training "
-                  f"{min(rt):.2f}–{max(rt):.2f} s; Algorithm 1's compute alone is 0.01–0.2 s, so on loopback the "
-                  "network time is latency: gossip of announcements and receipts, and Fisher pulls (each peer "
-                  "applies as soon as the Fishers it needs are in, whatever its depth; see the per-node times). "
-                  "The re-training times swing with the machine's load (e.g. the same MLP sub-graph 1–33 s), "
+                  f"{min(rt):.2f}–{max(rt):.2f} s; Algorithm 1's compute alone is {min(alg):.3f}–{max(alg):.3f} s, so "
+                  "on loopback the network time is latency: direct gRPC pushes of the request, the announcements "
+                  "and the receipts, and Fisher pulls (each peer applies as soon as the Fishers it needs are in, "
+                  "whatever its depth; see the per-node times). Re-training times swing with the machine's load, "
                   "so the speed-up column is indicative only.", ""]
     if runs:
         lines += ["### Frameworks × models × label sets (paper Tables 2–5 shape)", "", summary_table(runs), ""]

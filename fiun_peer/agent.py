@@ -124,7 +124,7 @@ class Agent:
         self.defaults = defaults or FIUnSettings()
         self.peers: dict[str, str] = {}      # public key hex -> gRPC address (learned from hellos)
         self.arrived: dict[str, float] = {}  # record id -> when this peer first stored it
-        self.stored = 0                      # records stored since start: anti-entropy backs off while it stays put
+        self.stored = 0                      # records stored since start (ingest_many counts a batch with it)
         self._view: LineageView | None = None
         self._kick = trio.Event()
         self._work_lock = trio.Lock()

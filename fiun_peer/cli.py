@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="libp2p addresses to advertise instead of the listen address, e.g. /ip4/10.0.0.5/tcp/4001")
     r.add_argument("--metrics", default="", metavar="HOST:PORT",
                    help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)")
-    r.add_argument("--sync-interval", type=float, default=5.0, help="seconds between anti-entropy syncs; while they bring nothing new the gap doubles, up to 4x")
+    r.add_argument("--sync-interval", type=float, default=5.0, help="seconds between anti-entropy rounds; each round that finds nothing doubles the gap, up to 4x")
     r.add_argument("--log-json", action="store_true", help="one JSON object per log line")
     r.add_argument("--requester", action="append", default=[], metavar="PUBLIC_KEY",
                    help="also accept unlearning requests signed by this Ed25519 public key (64 hex; repeatable). "
