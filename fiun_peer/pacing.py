@@ -2,8 +2,9 @@
 
 * :class:`SyncPacer`: anti-entropy rounds come every ``base`` seconds while they find records
   the pushes missed; each round that finds nothing doubles the gap, up to ``backoff`` times
-  ``base``. A round is four gRPC calls per peer whatever it brings, and an idle 64-peer network
-  burnt 0.75 of 2 cores (``bench/idle_cpu.py --peers 64``, before this). Records that arrive by push do not speed the rounds up: a
+  ``base``. A round is four gRPC calls per peer whatever it brings: an idle 64-peer network burnt
+  0.74-0.88 of 2 cores without the backoff and 0.40-0.46 with it (``bench/idle_cpu.py --peers 64``,
+  once settled). Records that arrive by push do not speed the rounds up: a
   request's pushes already reach the peers that act on it, and rounds at the base rate racing them
   (64 peers each pulling every new record at once) slowed the request at 64 peers on 2 cores from
   13 s to 112 s. A quiet network still repairs a gap within ``backoff * base``.
