@@ -124,7 +124,6 @@ class Agent:
         self.defaults = defaults or FIUnSettings()
         self.peers: dict[str, str] = {}      # public key hex -> gRPC address (learned from hellos)
         self.arrived: dict[str, float] = {}  # record id -> when this peer first stored it
-        self.stored = 0                      # records stored since start (ingest_many counts a batch with it)
         self._view: LineageView | None = None
         self._kick = trio.Event()
         self._work_lock = trio.Lock()
@@ -170,7 +169,6 @@ class Agent:
             self.store.add_record(rec)
             self.store.incr(f"records_{rec.kind}")
         self._index_add(rec)
-        self.stored += 1
         self.arrived.setdefault(rec.record_id, time.time())
         if rec.kind == "lineage":
             if rec.predicate["version"] > 1 and self._view is not None:
@@ -189,16 +187,13 @@ class Agent:
         batch, not one per record. 64 peers committing every record of a request separately queued
         thousands of fsyncs on one disk, and each peer's loop waited on them. Returns how many were
         new. A crash before the commit loses the batch, which the next sync brings again."""
-        before = self.stored
         try:
             with self.store.transaction():
-                for env in envelopes:
-                    self.ingest(env, source=source)
+                return sum(self.ingest(env, source=source)[2] == "accepted" for env in envelopes)
         except BaseException:
             # Rolled back: what this pass folded into memory may not be on disk; rebuild from the store.
             self._view, self._request_index = None, None
             raise
-        return self.stored - before
 
     def _retry_deferred(self) -> None:
         """A lineage or request record arrived: records waiting for it need not wait for the next sync

@@ -244,6 +244,7 @@ async def serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str =
             heard(blob, None, catch_up=False)
 
     syncing: set[str] = set()
+    pacer = SyncPacer(sync_interval, SYNC_BACKOFF)
 
     async def sync_once(target: str) -> int:
         if target in syncing:  # still waiting on an unreachable peer from an earlier round
@@ -263,8 +264,6 @@ async def serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str =
         for target in targets:
             stored += await sync_once(target)
         pacer.round_done(stored)
-
-    pacer = SyncPacer(sync_interval, SYNC_BACKOFF)
 
     async def anti_entropy() -> None:
         while True:

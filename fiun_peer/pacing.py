@@ -7,7 +7,7 @@
   once settled). Records that arrive by push do not speed the rounds up: a
   request's pushes already reach the peers that act on it, and rounds at the base rate racing them
   (64 peers each pulling every new record at once) slowed the request at 64 peers on 2 cores from
-  13 s to 112 s. A quiet network still repairs a gap within ``backoff * base``.
+  13 s to 112 s (``bench/exp_scale.py``; RESULTS.md, the Scale reading). A quiet network still repairs a gap within ``backoff * base``.
 * :func:`with_retries`: a push to a peer that waits on the record (an announcement to an heir's
   owner, a receipt to the requester) is tried again after each delay before it is left to
   anti-entropy, which at 64 peers reached a given peer only after tens of seconds.
@@ -43,13 +43,12 @@ async def with_retries(attempt: Callable[[], Awaitable[None]], delays: tuple[flo
                        on_error: Callable[[Exception], None]) -> bool:
     """Await ``attempt()`` until it returns, at most ``len(delays) + 1`` times, sleeping
     ``delays[i]`` after the i-th failure; each failure goes to ``on_error``. True if one succeeded."""
-    for wait in (*delays, None):
+    for i in range(len(delays) + 1):
         try:
             await attempt()
             return True
         except Exception as exc:
             on_error(exc)
-        if wait is None:
-            return False
-        await trio.sleep(wait)
+        if i < len(delays):
+            await trio.sleep(delays[i])
     return False
