@@ -244,9 +244,20 @@ class KillLoop:
     def issue(self) -> None:
         rid = f"crash-{len(self.s.requests):03d}"
         label = LABELS[len(self.s.requests) % len(LABELS)]
-        live = [p for p in (self.alice, self.bob) if p.proc is not None and p.proc.poll() is None]
-        reply = self.rng.choice(live).admin.RequestUnlearning(admin_pb2.RequestUnlearningRequest(
-            forget_labels=[label], request_id=rid), timeout=60)
+        live = [p for p in (self.alice, self.bob) if self.alive(p)]
+        first = self.rng.choice(live)
+        # An armed peer can die at its failpoint while it takes the request; the request is
+        # idempotent by id, so the other peer takes it again (what a user would do).
+        for p in [first] + [p for p in live if p is not first]:
+            try:
+                reply = p.admin.RequestUnlearning(admin_pb2.RequestUnlearningRequest(
+                    forget_labels=[label], request_id=rid), timeout=60)
+                break
+            except grpc.RpcError as exc:
+                if self.alive(p) and exc.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise
+        else:
+            raise RuntimeError(f"no live peer took request {rid}")
         assert set(reply.affected_models) == {"g", "a"}
         self.s.requests.append(rid)
         self.current = rid
