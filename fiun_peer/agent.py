@@ -131,6 +131,9 @@ class Agent:
         self._refused: dict[str, str] = {}
         self._request_index: dict[tuple[str, str], dict[str, Record]] | None = None
         self._deferred: dict[str, Record] = {}   # refused for now (see policy.Refusal.deferred)
+        # (request id, own model) with nothing left to do, skipped by reconcile: without it every
+        # pass re-read the state of every request this peer ever saw (1,000 of them: 16 ms a pass).
+        self._settled: set[tuple[str, str]] = set()
         # on_applied(apply seconds, seconds since the request was received): the metrics hook.
         self.on_applied: Callable[[float, float], None] | None = None
 
@@ -417,9 +420,12 @@ class Agent:
 
     async def reconcile(self) -> None:
         async with self._work_lock:
-            for req in self.store.records("request"):
-                for m in self.view.owned_by(self.identity.public_key_hex):
-                    await self._advance(req, m)
+            requests = [slot[""] for (kind, _), slot in self._index().items() if kind == "request"]
+            owned = self.view.owned_by(self.identity.public_key_hex)
+            for req in requests:
+                for m in owned:
+                    if (req.predicate["request_id"], m) not in self._settled:
+                        await self._advance(req, m)
 
     def _affected(self, req: Record, model_id: str) -> bool:
         cf = req.predicate["forget_labels"]
@@ -439,6 +445,11 @@ class Agent:
         if st and st.get("state") == "applied":
             if not self._has_own("receipt", rid, m):   # crashed before the receipt went out
                 await self._send_receipt(rid, m, st["old"], st["new"], st["version"])
+            self._settled.add((rid, m))
+            return
+        if m not in self.view.umig.unlearning_subgraph(cf):
+            # For good: a model's parents and every ancestor's labels are fixed by their first versions.
+            self._settled.add((rid, m))
             return
         if not self._affected(req, m):
             return
