@@ -255,6 +255,13 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
+def cpu_rates(pids: list[int], seconds: float) -> list[float]:
+    """Cores each process burns over the next ``seconds`` (CPU-seconds per second), in ``pids`` order."""
+    before = [cpu_seconds([pid]) for pid in pids]
+    time.sleep(seconds)
+    return [(cpu_seconds([pid]) - b) / seconds for pid, b in zip(pids, before, strict=True)]
+
+
 def wait_quiet(pids: list[int], *, per_peer: float = 0.03, max_share: float = 0.5, probe_s: float = 2.0,
                timeout: float = 120.0) -> dict:
     """Wait until the peer processes burn under ``per_peer`` cores each and under ``max_share`` of
@@ -265,9 +272,7 @@ def wait_quiet(pids: list[int], *, per_peer: float = 0.03, max_share: float = 0.
     bound = min(per_peer * len(pids), max_share * (os.cpu_count() or 1))
     t0 = time.time()
     while True:
-        c = cpu_seconds(pids)
-        time.sleep(probe_s)
-        rate = (cpu_seconds(pids) - c) / probe_s
+        rate = sum(cpu_rates(list(dict.fromkeys(pids)), probe_s))   # a shared process counts once
         if rate <= bound or time.time() - t0 > timeout:
             return {"waited_s": time.time() - t0, "cpu_rate": rate, "bound": bound, "quiet": rate <= bound}
 
@@ -292,9 +297,7 @@ def run_request(requester: Peer, owners: dict[str, Peer], peers: list[Peer], for
     pids = [p.proc.pid for p in peers if p.proc is not None]
     by_name = {p.name: p.proc.pid for p in peers if p.proc is not None}
     quiet = wait_quiet(pids, timeout=quiet_timeout)
-    c_idle = {n: cpu_seconds([pid]) for n, pid in by_name.items()}
-    time.sleep(idle_probe_s)
-    idle_each = {n: (cpu_seconds([pid]) - c_idle[n]) / idle_probe_s for n, pid in by_name.items()}
+    idle_each = dict(zip(by_name, cpu_rates(list(by_name.values()), idle_probe_s), strict=True))
     idle_rate = sum(idle_each.values())
     c0_each = {n: cpu_seconds([pid]) for n, pid in by_name.items()}
     c0 = sum(c0_each.values())
