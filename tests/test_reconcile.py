@@ -52,6 +52,18 @@ def _state_reads(agent: Agent, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return reads
 
 
+def test_a_pass_with_no_request_leaves_the_lineage_view_unbuilt(tmp_path: Path) -> None:
+    # Every new model drops the view; a pass that rebuilt it for nothing made each of 64 arriving
+    # lineage records cost a full rebuild (bench: reconcile CPU 11 ms -> 128 ms for 64 records).
+    with Store(tmp_path) as store:
+        a = Agent(ME, store, publish=None, fetch_blob=None)
+        for rec in (_lineage(ME, "m0", [0]), _lineage(OTHER, "m1", [1])):
+            assert a.ingest(rec.envelope, source="test")[2] == "accepted"
+            trio.run(a.reconcile)
+            assert a._view is None
+        assert a.view.owned_by(ME.public_key_hex) == ["m0"]
+
+
 def test_requests_outside_a_models_subgraph_are_looked_at_once(agent: Agent, monkeypatch) -> None:
     # Label 1 is held by m1 (not ours): m0 is outside its sub-graph, m2 inherits it and waits for m1's
     # Fisher. Label 5 is held by nobody: neither of our models is affected.
