@@ -421,8 +421,8 @@ class Agent:
     async def reconcile(self) -> None:
         async with self._work_lock:
             requests = [slot[""] for (kind, _), slot in self._index().items() if kind == "request"]
-            if not requests:  # not even the view: rebuilt per pass, 64 lineage records cost 10x the CPU
-                return
+            if not requests:  # leave the view alone: every new model drops it, and a rebuild per
+                return        # pass made 64 arriving lineage records cost 10x the CPU
             owned = self.view.owned_by(self.identity.public_key_hex)
             for req in requests:
                 for m in owned:
@@ -430,9 +430,8 @@ class Agent:
                         await self._advance(req, m)
 
     def _affected(self, req: Record, model_id: str) -> bool:
+        """For a model in the request's sub-graph (``_advance`` settles the others first)."""
         cf = req.predicate["forget_labels"]
-        if model_id not in self.view.umig.unlearning_subgraph(cf):
-            return False
         if self.view.umig.labels(model_id) & set(cf):
             return True
         # An inherited model derived from parents that had *already* applied this request is clean.

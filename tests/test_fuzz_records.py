@@ -10,7 +10,6 @@ the tallies (cases per mutation and per reason) are written there for RELIABILIT
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import time
@@ -23,6 +22,7 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from libp2p.crypto.ed25519 import create_new_key_pair
+from record_support import d, lineage
 
 from fiun_peer import records as R
 from fiun_peer.agent import Agent
@@ -39,21 +39,6 @@ BOB = Identity.from_seed(bytes([3]) * 32, "bob")          # owns a, child of g; 
 MALLORY = Identity.from_seed(bytes([4]) * 32, "mallory")  # owns nothing
 ALL_REASONS = set(R.REASONS) | set(REFUSALS)
 TALLY: dict[str, Counter] = {}
-
-
-def d(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def lineage(who: Identity, model: str, labels: list[int], parents: tuple[str, ...] = (),
-            version: int = 1) -> R.Record:
-    return R.build_lineage(
-        who, model_id=model, model_digest=d(f"{model}-v{version}"), version=version,
-        parents=[{"model_id": p, "digest": d(f"{p}-v1"), "relation": "finetune"} for p in parents],
-        relation="finetune" if parents else "root", labels=labels, head_tensors=["head.weight", "head.bias"],
-        architecture={"model": "mlp", "in_shape": [1, 8, 8], "num_classes": 10},
-        model_fisher_digests={"empirical": d(f"{model}-mf")}, data_digest=d(f"{model}-data"),
-        previous_digest=None if version == 1 else d(f"{model}-v{version - 1}"))
 
 
 # The network every target holds before the fuzzing starts.

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
+from record_support import lineage
 
 from fiun_peer import faults
 from fiun_peer import records as R
@@ -56,11 +56,7 @@ def test_a_push_is_retried_after_each_delay_until_it_succeeds_or_the_delays_run_
 
 
 def _lineage(i: int) -> R.Record:
-    d = hashlib.sha256(f"m{i}".encode()).hexdigest()
-    return R.build_lineage(OWNERS[i], model_id=f"m{i}", model_digest=d, version=1, parents=[], relation="root",
-                           labels=[i], head_tensors=["head.weight", "head.bias"],
-                           architecture={"model": "mlp", "in_shape": [1, 8, 8], "num_classes": 10},
-                           model_fisher_digests={}, data_digest=d)
+    return lineage(OWNERS[i], f"m{i}", [i])
 
 
 @pytest.fixture

@@ -1,11 +1,11 @@
 """The agent's reconcile pass skips (request, own model) pairs with nothing left to do."""
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pytest
 import trio
+from record_support import d, lineage
 
 from fiun_peer import records as R
 from fiun_peer.agent import Agent
@@ -13,19 +13,6 @@ from fiun_peer.identity import Identity
 from fiun_peer.store import Store
 
 ME, OTHER = Identity.from_seed(b"\x21" * 32, "me"), Identity.from_seed(b"\x22" * 32, "other")
-ARCH = {"model": "mlp", "in_shape": [1, 8, 8], "num_classes": 10}
-
-
-def _digest(name: str) -> str:
-    return hashlib.sha256(name.encode()).hexdigest()
-
-
-def _lineage(owner: Identity, m: str, labels: list[int], parent: str | None = None) -> R.Record:
-    parents = [{"model_id": parent, "digest": _digest(parent), "relation": "finetune"}] if parent else []
-    return R.build_lineage(owner, model_id=m, model_digest=_digest(m), version=1, parents=parents,
-                           relation="finetune" if parent else "root", labels=labels,
-                           head_tensors=["head.weight", "head.bias"], architecture=ARCH,
-                           model_fisher_digests={}, data_digest=_digest(m))
 
 
 @pytest.fixture
@@ -33,10 +20,10 @@ def agent(tmp_path: Path):
     """Ours: m0 (label 0, a root) and m2 (label 2, fine-tuned from m1); m1 (label 1) is OTHER's."""
     store = Store(tmp_path)
     a = Agent(ME, store, publish=None, fetch_blob=None)
-    for rec in (_lineage(ME, "m0", [0]), _lineage(OTHER, "m1", [1]), _lineage(ME, "m2", [2], parent="m1")):
+    for rec in (lineage(ME, "m0", [0]), lineage(OTHER, "m1", [1]), lineage(ME, "m2", [2], ("m1",))):
         assert a.ingest(rec.envelope, source="test")[2] == "accepted"
     for m in ("m0", "m2"):
-        store.put_state(f"model:{m}", {"digest": _digest(m), "version": 1})
+        store.put_state(f"model:{m}", {"digest": d(f"{m}-v1"), "version": 1})
     yield a
     store.close()
 
@@ -57,7 +44,7 @@ def test_a_pass_with_no_request_leaves_the_lineage_view_unbuilt(tmp_path: Path) 
     # lineage records cost a full rebuild (bench: reconcile CPU 11 ms -> 128 ms for 64 records).
     with Store(tmp_path) as store:
         a = Agent(ME, store, publish=None, fetch_blob=None)
-        for rec in (_lineage(ME, "m0", [0]), _lineage(OTHER, "m1", [1])):
+        for rec in (lineage(ME, "m0", [0]), lineage(OTHER, "m1", [1])):
             assert a.ingest(rec.envelope, source="test")[2] == "accepted"
             trio.run(a.reconcile)
             assert a._view is None
@@ -85,8 +72,8 @@ def test_an_applied_request_is_settled_once_its_receipt_is_ours(agent: Agent, mo
     rec = R.build_request(OTHER, request_id="r9", forget_labels=[2], settings={})
     assert agent.ingest(rec.envelope, source="test")[2] == "accepted"
     # As the apply step leaves it (fiun_peer.agent.Agent._apply), the receipt not yet sent: a crash.
-    new = _digest("m2 without label 2")
-    agent.store.put_state("req:r9:m2", {"state": "applied", "old": _digest("m2"), "new": new, "version": 2})
+    new = d("m2-v2")
+    agent.store.put_state("req:r9:m2", {"state": "applied", "old": d("m2-v1"), "new": new, "version": 2})
     agent.store.put_state("model:m2", {"digest": new, "version": 2})
     sent: list[R.Record] = []
 

@@ -4,10 +4,10 @@ These feed a real Agent over a real Store (no network: the rules are what is und
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pytest
+from record_support import d, lineage
 
 from fiun_peer import records as R
 from fiun_peer.agent import Agent
@@ -21,21 +21,6 @@ ALICE = Identity.from_seed(bytes([2]) * 32, "alice")     # owns g (labels 0-4): 
 BOB = Identity.from_seed(bytes([3]) * 32, "bob")         # owns a (labels 5-9), child of g
 MALLORY = Identity.from_seed(bytes([4]) * 32, "mallory")  # owns nothing
 DATA_SUBJECT = Identity.from_seed(bytes([5]) * 32, "subject")
-
-
-def d(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def lineage(who: Identity, model: str, labels: list[int], parents: tuple[str, ...] = (), version: int = 1,
-            digest: str | None = None) -> R.Record:
-    return R.build_lineage(
-        who, model_id=model, model_digest=digest or d(f"{model}-v{version}"), version=version,
-        parents=[{"model_id": p, "digest": d(f"{p}-v1"), "relation": "finetune"} for p in parents],
-        relation="finetune" if parents else "root", labels=labels, head_tensors=["head.weight", "head.bias"],
-        architecture={"model": "mlp", "in_shape": [1, 8, 8], "num_classes": 10},
-        model_fisher_digests={"empirical": d(f"{model}-mf")}, data_digest=d(f"{model}-data"),
-        previous_digest=None if version == 1 else d(f"{model}-v{version - 1}"))
 
 
 def announcement(who: Identity, model: str, request: str = "r1", fisher: str = "f1") -> R.Record:

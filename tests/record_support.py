@@ -1,0 +1,25 @@
+"""Signed test records over made-up digests: one builder for the tests that need a lineage graph
+without real models (policy, fuzzing, pacing, reconcile)."""
+from __future__ import annotations
+
+import hashlib
+
+from fiun_peer import records as R
+from fiun_peer.identity import Identity
+
+
+def d(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def lineage(who: Identity, model: str, labels: list[int], parents: tuple[str, ...] = (), version: int = 1,
+            digest: str | None = None) -> R.Record:
+    """Version ``version`` of ``model`` (digest ``d(f"{model}-v{version}")``), fine-tuned from
+    ``parents`` at their first versions, or a root."""
+    return R.build_lineage(
+        who, model_id=model, model_digest=digest or d(f"{model}-v{version}"), version=version,
+        parents=[{"model_id": p, "digest": d(f"{p}-v1"), "relation": "finetune"} for p in parents],
+        relation="finetune" if parents else "root", labels=labels, head_tensors=["head.weight", "head.bias"],
+        architecture={"model": "mlp", "in_shape": [1, 8, 8], "num_classes": 10},
+        model_fisher_digests={"empirical": d(f"{model}-mf")}, data_digest=d(f"{model}-data"),
+        previous_digest=None if version == 1 else d(f"{model}-v{version - 1}"))
