@@ -11,6 +11,7 @@ restart triggers it, so a crash at any point is repaired by simply running it ag
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -510,7 +511,7 @@ class Agent:
                 self._set_why(key, st, why)
                 return
         faults.point("after_pull", f"{rid}:{m}")
-        await self._apply(rid, m, st, lineage, fishers, s)
+        await self._apply(rid, m, st, lineage, fishers, s, cf)
 
     def _has_own(self, kind: str, rid: str, m: str) -> bool:
         r = self._by(kind, rid).get(m)
@@ -584,7 +585,8 @@ class Agent:
         self.store.put_state(f"mf:{lineage.predicate['model_id']}", cache)
         return mf
 
-    async def _apply(self, rid: str, m: str, st: dict, lineage: Record, fishers: list, s: FIUnSettings) -> None:
+    async def _apply(self, rid: str, m: str, st: dict, lineage: Record, fishers: list, s: FIUnSettings,
+                     cf: list[int]) -> None:
         """Eqs. 5-6 on our model, the new version written atomically, then a receipt."""
         # The current version, not st["base"]: a request applied since this one arrived must not be undone.
         base = self.store.get_state(f"model:{m}")["digest"]
@@ -592,7 +594,7 @@ class Agent:
         model = load_model(lineage.predicate["architecture"], self.store.get_blob(base))
         mf = await self._model_fisher(lineage, base, s)
         try:
-            new_state = await run_in_worker(apply_fiun, model, mf, fishers, s)
+            new_state = await run_in_worker(functools.partial(apply_fiun, forget_labels=cf), model, mf, fishers, s)
         except ValueError as exc:  # e.g. a Fisher of the wrong shape or with NaN: model untouched
             self._set_why(f"req:{rid}:{m}", st, f"cannot apply: {exc}")
             self.store.incr("apply_failed")

@@ -50,10 +50,13 @@ def node_unlearning_fisher(model: nn.Module, x: Tensor, y: Tensor, forget_labels
 
 
 def apply_fiun(model: nn.Module, own_model_fisher: Mapping[str, Tensor],
-               discovery_fishers: Sequence[Mapping[str, Tensor]], settings: FIUnSettings) -> dict[str, Tensor]:
+               discovery_fishers: Sequence[Mapping[str, Tensor]], settings: FIUnSettings, *,
+               forget_labels: Sequence[int] | None = None,
+               ancestor_model_fishers: Sequence[Mapping[str, Tensor]] = ()) -> dict[str, Tensor]:
     """Eqs. 5-6 for one node: returns the node's new full state dict (the model is not modified)."""
     name, _ = find_head(model)
-    new_head = fiun_update(head_params(model), own_model_fisher, discovery_fishers, settings)
+    new_head = fiun_update(head_params(model), own_model_fisher, discovery_fishers, settings,
+                           forget_labels=forget_labels, ancestor_model_fishers=ancestor_model_fishers)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     for k, v in new_head.items():
         state[f"{name}.{k}"] = v

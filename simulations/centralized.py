@@ -22,7 +22,7 @@ from fiun_peer.unlearn import apply_fiun, node_model_fisher, node_unlearning_fis
 
 from . import baselines as bl
 from .metrics import accuracy, mia_score, split_by_labels
-from .topology import NodeSpec, assign_data, builtin, from_json, to_umig
+from .topology import NodeSpec, assign_data, builtin, from_json, random_lineage, to_umig
 from .training import TrainConfig, node_seed, own_data, train_graph
 
 
@@ -30,6 +30,8 @@ from .training import TrainConfig, node_seed, own_data, train_graph
 class SimConfig:
     framework: str | None = "fl"
     topology_file: str | None = None
+    random_lineage: int | None = None
+    lineage_nodes: int | None = None
     dataset: str = "digits"
     data_dir: str | None = None
     model: str = "mlp"
@@ -66,12 +68,20 @@ def prepare(cfg: SimConfig, progress: Callable[[str], None] | None = None) -> St
     bad = [c for c in cfg.forget if not 0 <= c < ds.num_classes]
     if bad:
         raise ValueError(f"forget labels {bad} are not classes of {cfg.dataset} (0..{ds.num_classes - 1})")
-    nodes = from_json(cfg.topology_file, ds.num_classes) if cfg.topology_file else builtin(cfg.framework,
-                                                                                           ds.num_classes)
+    nodes = topology_of(cfg, ds.num_classes)
     data_idx = assign_data(nodes, ds.y_train, cfg.seed)
     train_cfg = TrainConfig(model=cfg.model)
     models, secs = train_graph(nodes, data_idx, ds, seed=cfg.seed, cfg=train_cfg, progress=progress)
     return Stage(ds, nodes, to_umig(nodes), data_idx, models, secs, train_cfg)
+
+
+def topology_of(cfg: SimConfig, num_classes: int) -> list[NodeSpec]:
+    """The nodes a config names: a JSON file, a seeded random lineage or a built-in framework."""
+    if cfg.topology_file:
+        return from_json(cfg.topology_file, num_classes)
+    if cfg.random_lineage is not None:
+        return random_lineage(cfg.random_lineage, nodes=cfg.lineage_nodes, num_classes=num_classes)
+    return builtin(cfg.framework, num_classes)
 
 
 def lineage_data(stage: Stage, node: str) -> list[int]:
@@ -87,8 +97,11 @@ def run_fiun(stage: Stage, forget: tuple[int, ...], settings: FIUnSettings) -> d
     sub = g.unlearning_subgraph(forget)
     if not sub:
         raise ValueError(f"no model's own data holds labels {list(forget)}: nothing to unlearn")
+    # Every model's Fisher, as each owner computes it at publish time: an inheriting node may use
+    # its ancestors' (settings.inherit), and those may lie outside the sub-graph.
+    needed = sorted({a for n in sub for a in [n, *g.ancestors(n)]}, key=g.models().index)
     model_fishers = {n: node_model_fisher(stage.models[n], *own_data(ds, stage.data_idx[n]), settings)
-                     for n in sub}
+                     for n in needed}
     fhat, fhat_s = {}, {}
     for d in g.discovery_nodes(forget):                       # Algorithm 1, lines 4-6
         t0 = time.perf_counter()
@@ -98,7 +111,9 @@ def run_fiun(stage: Stage, forget: tuple[int, ...], settings: FIUnSettings) -> d
     for n in sub:                                             # lines 7-11
         t0 = time.perf_counter()
         states[n] = apply_fiun(stage.models[n], model_fishers[n],
-                               [fhat[d] for d in g.discovery_ancestors(n, forget)], settings)
+                               [fhat[d] for d in g.discovery_ancestors(n, forget)], settings,
+                               forget_labels=forget,
+                               ancestor_model_fishers=[model_fishers[a] for a in g.ancestors(n)])
         upd_s[n] = time.perf_counter() - t0
     models = {}
     for n, st in states.items():

@@ -33,6 +33,11 @@ def add_experiment_args(p: argparse.ArgumentParser) -> None:
     topo.add_argument("--framework", choices=FRAMEWORKS, default="fl",
                       help="built-in topology (paper Fig. 6): fl, ddpl, il, tl (default fl)")
     topo.add_argument("--topology", metavar="FILE", help="any DAG from a JSON file (see README)")
+    topo.add_argument("--random-lineage", type=int, metavar="SEED",
+                      help="a seeded random lineage: 1-3 roots on every label, narrow descendants (2-5 labels) "
+                           "by every relation, multi-root and imbalanced paths, depth up to 8")
+    p.add_argument("--nodes", type=int, metavar="N",
+                   help="with --random-lineage: the number of models, 6-16 (default: drawn from the seed)")
     p.add_argument("--dataset", choices=DATASETS, default="digits", help="default digits (real, offline)")
     p.add_argument("--data-dir", help="folder with cifar-100-python/ files for --dataset cifar100")
     p.add_argument("--model", choices=MODELS, default="mlp")
@@ -71,8 +76,11 @@ def settings_from_args(a: argparse.Namespace) -> FIUnSettings:
 def config_from_args(a: argparse.Namespace):
     from .centralized import SimConfig
 
-    return SimConfig(framework=None if a.topology else a.framework, topology_file=a.topology,
-                     dataset=a.dataset, data_dir=a.data_dir, model=a.model, forget=a.forget, seed=a.seed,
+    if a.nodes is not None and a.random_lineage is None:
+        raise ValueError("--nodes needs --random-lineage")
+    custom = a.topology is not None or a.random_lineage is not None
+    return SimConfig(framework=None if custom else a.framework, topology_file=a.topology,
+                     random_lineage=a.random_lineage, lineage_nodes=a.nodes, dataset=a.dataset, data_dir=a.data_dir, model=a.model, forget=a.forget, seed=a.seed,
                      settings=settings_from_args(a), baselines=not a.no_baselines)
 
 

@@ -24,6 +24,9 @@ def format_table(result: dict) -> str:
     cfg = result["config"]
     s = cfg["settings"]
     topo = cfg.get("topology_file") or cfg.get("framework")
+    if cfg.get("random_lineage") is not None:
+        topo = f"random lineage {cfg['random_lineage']}" + (f" ({cfg['lineage_nodes']} models)"
+                                                            if cfg.get("lineage_nodes") else "")
     net = result.get("network")
     fiun_where = " (network)" if net else ""
     net_head = f" | {'peer times (s)':^17} | {'=central':^8}" if net else ""

@@ -190,6 +190,59 @@ def fl_n(n_clients: int, *, num_classes: int = 10, epochs: int = 10, children: i
     return _validate(nodes, num_classes)
 
 
+RANDOM_NODES = (6, 16)
+RANDOM_MAX_DEPTH = 8
+_RELATION_EPOCHS = {"finetune": 5, "incremental": 10, "transfer": 10, "distill": 15, "aggregate": 3}
+
+
+def random_lineage(seed: int, *, nodes: int | None = None, num_classes: int = 10) -> list[NodeSpec]:
+    """A seeded random lineage of the kind real model families form (issue 13's hard case).
+
+    1-3 roots r0.. trained on every label; the descendants m1.. each own a *narrow* label set (2-5
+    labels) and derive from earlier models by every relation (each of finetune, aggregate, distill,
+    transfer and incremental appears once there are enough descendants). An aggregate has 2-3
+    parents and a quarter of the others have two, so paths are multi-root and of unequal length
+    (imbalanced); parents are drawn mostly from the newest models, which makes chains up to
+    :data:`RANDOM_MAX_DEPTH` deep. Shares keep every label's samples enough for its holders.
+    The same ``seed`` (and ``nodes``) always gives the same lineage.
+    """
+    import random
+
+    rng = random.Random(f"fiun-lineage:{seed}")  # a str seed hashes stably across processes
+    lo, hi = RANDOM_NODES
+    n = rng.randint(lo, hi) if nodes is None else nodes
+    if not lo <= n <= hi:
+        raise TopologyError(f"a random lineage has {lo}-{hi} models, not {n}")
+    if num_classes < 5:
+        raise TopologyError("a random lineage needs at least 5 classes (descendants own 2-5 labels)")
+    n_roots = rng.choice((1, 1, 2, 2, 3))
+    n_desc = n - n_roots
+    relations = list(RELATIONS) if n_desc >= len(RELATIONS) else []
+    relations += [rng.choice(RELATIONS) for _ in range(n_desc - len(relations))]
+    rng.shuffle(relations)
+    all_labels = tuple(range(num_classes))
+    label_sets = [tuple(sorted(rng.sample(all_labels, rng.randint(2, 5)))) for _ in range(n_desc)]
+    holders = {c: sum(c in ls for ls in label_sets) for c in all_labels}
+    root_share = 0.4 / n_roots
+    out = [NodeSpec(f"r{i}", (), None, all_labels, share=root_share, epochs=30) for i in range(n_roots)]
+    depth = {s.id: 0 for s in out}
+    for i, (rel, labels) in enumerate(zip(relations, label_sets, strict=True), start=1):
+        pool = [s.id for s in out if depth[s.id] < RANDOM_MAX_DEPTH]
+        want = rng.randint(2, 3) if rel == "aggregate" else (2 if rng.random() < 0.25 else 1)
+        parents: list[str] = []
+        while len(parents) < min(want, len(pool)):
+            # Mostly the newest model (lineages grow deep), sometimes any earlier one.
+            cand = pool[-1 - len(parents)] if rng.random() < 0.6 else rng.choice(pool)
+            if cand not in parents:
+                parents.append(cand)
+        share = min(0.12, min(0.55 / holders[c] for c in labels))
+        epochs = _RELATION_EPOCHS[rel] if rel != "aggregate" else rng.choice((0, 3))
+        spec = NodeSpec(f"m{i}", tuple(sorted(parents)), rel, labels, share=round(share, 4), epochs=epochs)
+        depth[spec.id] = 1 + max(depth[p] for p in spec.parents)
+        out.append(spec)
+    return _validate(out, num_classes)
+
+
 def from_json(path: str | Path, num_classes: int) -> list[NodeSpec]:
     try:
         doc = json.loads(Path(path).read_text())

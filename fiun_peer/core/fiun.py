@@ -16,6 +16,7 @@ from torch import Tensor
 from .fisher import ESTIMATORS, Fisher, fisher_from_features
 
 NORMALIZATIONS = ("none", "mean")
+ROWS = ("all", "forget")
 
 
 class FisherError(ValueError):
@@ -67,9 +68,13 @@ def dampen(
     tau: float = 1.0,
     gamma: float = 1.0,
     eta: float = 0.1,
+    rows: Sequence[int] | None = None,
 ) -> dict[str, Tensor]:
     """Eq. 6: a last-layer parameter l is selected iff F̂ᴹ_l > γ·F_l (no division, so zeros are
-    safe); a selected parameter becomes min(τ·F_l / F̂ᴹ_l, η)·w_l, the others stay as they are."""
+    safe); a selected parameter becomes min(τ·F_l / F̂ᴹ_l, η)·w_l, the others stay as they are.
+
+    ``rows`` (our addition) limits the selection to those output rows of the head (the classes of a
+    class-level request); None lets Eq. 6 select anywhere, as in the paper."""
     for name, value in (("tau", tau), ("gamma", gamma), ("eta", eta)):
         if not math.isfinite(value) or value < 0:
             raise FisherError(f"{name} must be a finite, non-negative number, got {value}")
@@ -92,11 +97,22 @@ def dampen(
         f = f.to(w.dtype)
         fm = fm.to(w.dtype)
         selected = fm > gamma * f
+        if rows is not None:
+            selected = selected & _row_mask(rows, w.shape[0], k).view(-1, *([1] * (w.ndim - 1)))
         # fm > gamma*f >= 0 on selected entries, so the division is safe there; unselected entries
         # get factor 1 and w * 1.0 is w exactly.
         factor = torch.where(selected, torch.clamp(tau * f / torch.where(selected, fm, 1.0), max=eta), 1.0)
         out[k] = w * factor
     return out
+
+
+def _row_mask(rows: Sequence[int], n_rows: int, key: str) -> Tensor:
+    mask = torch.zeros(n_rows, dtype=torch.bool)
+    for r in rows:
+        if not 0 <= int(r) < n_rows:
+            raise FisherError(f"{key!r}: row {r} is outside the head's {n_rows} outputs")
+        mask[int(r)] = True
+    return mask
 
 
 def normalize_fisher(fisher: Mapping[str, Tensor], method: str) -> Fisher:
@@ -121,19 +137,28 @@ def normalize_fisher(fisher: Mapping[str, Tensor], method: str) -> Fisher:
 class FIUnSettings:
     """The knobs of one unlearning request; every peer applies the same ones.
 
-    ``normalize`` and ``per_label`` are our additions (see RESULTS.md); ``paper()`` gives the
-    paper-exact behaviour.
+    ``normalize``, ``per_label``, ``center``, ``temperature`` and ``rows`` are our additions (see
+    RESULTS.md, "Realistic lineages"); ``paper()`` gives the paper-exact behaviour.
+
+    ``rows = "forget"`` (the default) lets Eq. 6 select only the head rows of the forgotten classes:
+    a class-level request's target is those classes' logits. With ``rows = "all"`` (the paper) a
+    model that predicts classes its own data lacks (a narrow fine-tune, distillation or transfer of a
+    broad parent) has a near-zero model Fisher on those rows, Eq. 6 selects them and they are zeroed.
+    Inside the forget rows the default γ = 0 dampens every entry the forget data touches (F̂ > 0):
+    a discovery node whose own data is mostly forget data has F̂ ≈ F there, and any γ ≥ 1 spares
+    the very entries that carry the class.
     """
 
     estimator: str = "empirical"
     tau: float = 1.0
-    gamma: float = 3.0
+    gamma: float = 0.0
     eta: float = 0.0
     normalize: str = "none"
     per_label: bool = True
     center: bool = True
     temperature: float = 4.0
     batch_size: int = 64
+    rows: str = "forget"
 
     def __post_init__(self) -> None:
         if self.estimator not in ESTIMATORS:
@@ -148,12 +173,14 @@ class FIUnSettings:
             raise ValueError(f"temperature must be a finite number > 0, got {self.temperature}")
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if self.rows not in ROWS:
+            raise ValueError(f"unknown rows {self.rows!r}; expected one of {', '.join(ROWS)}")
 
     @classmethod
     def paper(cls) -> FIUnSettings:
         """Eqs. 3-6 exactly as the paper and its public code: batch estimator, raw Fishers."""
         return cls(estimator="batch", gamma=1.0, eta=0.1, normalize="none", per_label=False, center=False,
-                   temperature=1.0)
+                   temperature=1.0, rows="all")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -193,22 +220,36 @@ def unlearning_fisher(features: Tensor, head_weight: Tensor, head_bias: Tensor |
 
 
 def fiun_update(params: Mapping[str, Tensor], own_model_fisher: Mapping[str, Tensor],
-                discovery_fishers: Sequence[Mapping[str, Tensor]], settings: FIUnSettings) -> dict[str, Tensor]:
+                discovery_fishers: Sequence[Mapping[str, Tensor]], settings: FIUnSettings, *,
+                forget_labels: Sequence[int] | None = None,
+                ancestor_model_fishers: Sequence[Mapping[str, Tensor]] = ()) -> dict[str, Tensor]:
     """Algorithm 1, lines 9-10, for one node: normalize, merge (Eq. 5), dampen (Eq. 6).
 
     ``params`` are the node's last-layer tensors keyed like the Fishers ("weight", "bias").
+    With ``settings.rows == "forget"`` Eq. 6 may select only the rows of ``forget_labels`` (see
+    :class:`FIUnSettings`). ``ancestor_model_fishers``, when given, are merged into the model Fisher
+    with Eq. 5 (an ablation of RESULTS.md; the peers do not pull ancestors' model Fishers).
     """
     check_fisher(own_model_fisher, name="model Fisher")
     for i, f in enumerate(discovery_fishers):
         check_fisher(f, name=f"unlearning Fisher {i}")
+    for i, f in enumerate(ancestor_model_fishers):
+        check_fisher(f, name=f"ancestor model Fisher {i}")
     merged = merge_fishers(normalize_fisher(f, settings.normalize) for f in discovery_fishers)
+    own = normalize_fisher(own_model_fisher, settings.normalize)
+    if ancestor_model_fishers:
+        own = merge_fishers([own, *(normalize_fisher(f, settings.normalize) for f in ancestor_model_fishers)])
+    rows = None
+    if settings.rows == "forget":
+        if forget_labels is None:
+            raise FisherError("rows='forget' needs the request's forget labels")
+        rows = sorted({int(c) for c in forget_labels})
     if settings.center:
-        params = center_head(params)
-    return dampen(params, normalize_fisher(own_model_fisher, settings.normalize), merged,
-                  tau=settings.tau, gamma=settings.gamma, eta=settings.eta)
+        params = center_head(params, exclude=rows or ())
+    return dampen(params, own, merged, tau=settings.tau, gamma=settings.gamma, eta=settings.eta, rows=rows)
 
 
-def center_head(params: Mapping[str, Tensor]) -> dict[str, Tensor]:
+def center_head(params: Mapping[str, Tensor], exclude: Sequence[int] = ()) -> dict[str, Tensor]:
     """Re-express a softmax head in its zero-mean gauge: subtract the mean over classes from every
     column of the weight and from the bias.
 
@@ -216,5 +257,14 @@ def center_head(params: Mapping[str, Tensor]) -> dict[str, Tensor]:
     predictions, probabilities and the Fisher are unchanged. What changes is what "scale towards
     zero" in Eq. 6 means: in this gauge a dampened class logit moves to the *average* logit, below
     its competitors, instead of to an arbitrary 0 that may still beat them.
+
+    With ``exclude`` (the forgotten classes) the mean is taken over the other rows only: a
+    dampened forgotten row then moves to the mean of the *retained* logits, which the best retained
+    class always reaches, so it cannot keep winning by the others' deficit.
     """
-    return {k: v - v.mean(0, keepdim=True) for k, v in params.items()}
+    out = {}
+    for k, v in params.items():
+        keep = ~_row_mask(exclude, v.shape[0], k) if exclude else None
+        ref = v if keep is None or not keep.any() else v[keep]
+        out[k] = v - ref.mean(0, keepdim=True)
+    return out
