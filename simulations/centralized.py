@@ -97,11 +97,8 @@ def run_fiun(stage: Stage, forget: tuple[int, ...], settings: FIUnSettings) -> d
     sub = g.unlearning_subgraph(forget)
     if not sub:
         raise ValueError(f"no model's own data holds labels {list(forget)}: nothing to unlearn")
-    # Every model's Fisher, as each owner computes it at publish time: an inheriting node may use
-    # its ancestors' (settings.inherit), and those may lie outside the sub-graph.
-    needed = sorted({a for n in sub for a in [n, *g.ancestors(n)]}, key=g.models().index)
     model_fishers = {n: node_model_fisher(stage.models[n], *own_data(ds, stage.data_idx[n]), settings)
-                     for n in needed}
+                     for n in sub}
     fhat, fhat_s = {}, {}
     for d in g.discovery_nodes(forget):                       # Algorithm 1, lines 4-6
         t0 = time.perf_counter()
@@ -112,8 +109,7 @@ def run_fiun(stage: Stage, forget: tuple[int, ...], settings: FIUnSettings) -> d
         t0 = time.perf_counter()
         states[n] = apply_fiun(stage.models[n], model_fishers[n],
                                [fhat[d] for d in g.discovery_ancestors(n, forget)], settings,
-                               forget_labels=forget,
-                               ancestor_model_fishers=[model_fishers[a] for a in g.ancestors(n)])
+                               forget_labels=forget)
         upd_s[n] = time.perf_counter() - t0
     models = {}
     for n, st in states.items():

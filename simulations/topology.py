@@ -220,6 +220,12 @@ def random_lineage(seed: int, *, nodes: int | None = None, num_classes: int = 10
     relations = list(RELATIONS) if n_desc >= len(RELATIONS) else []
     relations += [rng.choice(RELATIONS) for _ in range(n_desc - len(relations))]
     rng.shuffle(relations)
+    if n_roots == 1 and relations[0] == "aggregate":  # the first descendant has one model to derive from
+        swap = next((i for i, r in enumerate(relations) if r != "aggregate"), None)
+        if swap is None:
+            relations[0] = "finetune"
+        else:
+            relations[0], relations[swap] = relations[swap], relations[0]
     all_labels = tuple(range(num_classes))
     label_sets = [tuple(sorted(rng.sample(all_labels, rng.randint(2, 5)))) for _ in range(n_desc)]
     holders = {c: sum(c in ls for ls in label_sets) for c in all_labels}
