@@ -13,8 +13,9 @@ functions ``run_fiun`` and every peer call) runs in the same loop as the referen
 agree up to float32 rounding. Times are this thread's CPU seconds (torch on one thread), median of
 ``--repeats`` runs of the unlearning step: on a shared machine wall time mostly measures the others.
 
-One setting for every k, stated in the JSON and in RESULTS.md: ``FIUnSettings()`` by default
-(empirical estimator, T = 4, per-label Fishers, γ = 3, η = 0, τ = 1, centring); ``--settings paper``
+One setting for every k, stated in the JSON and in RESULTS.md: ``FIUnSettings()`` with the whole
+head selectable (rows = "all"; empirical estimator, T = 4, per-label Fishers, γ = 3, η = 0, τ = 1,
+centring); ``--settings paper``
 adds the paper-exact ``FIUnSettings.paper()``. Centring (a softmax gauge) only exists for the head,
 so it is applied to the head's tensors alone; the other layers are dampened as they are.
 Writes the JSON, a PNG plot next to it, and (``--results-md``) the RESULTS.md section.
@@ -45,7 +46,10 @@ from simulations.training import own_data  # noqa: E402
 
 COMMAND = ".venv/bin/python bench/exp_last_k_layers.py --seed {seed} --out results/last_k_layers.json"
 FORGETS = ((2,), (1, 4, 6, 8))
-SETTINGS = {"default": FIUnSettings(), "paper": FIUnSettings.paper()}
+# Experiment 4 asks which layers Eq. 6 may touch, so it keeps the whole-head selection (rows="all")
+# of the settings it was run with (the defaults before issue 13, which limited a class request to
+# the forgotten classes' rows: rows only exist in the head).
+SETTINGS = {"default": replace(FIUnSettings(), rows="all", gamma=3.0), "paper": FIUnSettings.paper()}
 
 
 # ---------------------------------------------------------------- Algorithm 1 over the last k layers

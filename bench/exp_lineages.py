@@ -217,9 +217,10 @@ def acceptance(rows: list[dict], method: str = "fiun") -> list[str]:
 def report(docs: list[dict], png: str | None) -> str:
     rows = [r for doc in docs for r in doc["rows"]]
     methods = list(dict.fromkeys(m for r in rows for m in r["methods"] if m != "original"))
-    out = [f"Command: `{doc['command']}` (lineage seeds {doc['seeds'][0]}..{doc['seeds'][-1]}, models "
-           f"{', '.join(doc['models'])}; {len(doc['rows'])} node rows; baselines on {doc['baseline_lineages']} of "
-           f"{len(doc['seeds'])} lineages; {doc['seconds']:.0f} s on {doc['machine']})." for doc in docs]
+    out = [f"Command: `{doc['command']}` ({len(doc['seeds'])} lineages, seeds {doc['seeds'][0]}..{doc['seeds'][-1]}"
+           f"{'' if doc.get('finished', True) else ' (stopped before the rest)'}, models {', '.join(doc['models'])}; "
+           f"{len(doc['rows'])} node rows; baselines on {doc['baseline_lineages']} of them; "
+           f"{doc['seconds']:.0f} s on {doc['machine']})." for doc in docs]
     out += ["",
            "Acceptance (default settings, lineage data): share of sub-graph nodes with AD_f and AD_r % of "
            "original inside the bar (1 label: AD_f <= 1%, AD_r >= 95%; 2 and 4 labels: AD_f <= 2%, AD_r >= 85%), "
@@ -305,16 +306,25 @@ def main(argv: list[str] | None = None) -> int:
     if a.jobs > 1:
         pool = get_context("spawn").Pool(a.jobs)
         run = pool.imap
-    for part in run(run_lineage, jobs):
-        rows.extend(part)
+    import os
     import platform
 
     doc = {"command": " ".join(["bench/exp_lineages.py", *(argv if argv is not None else sys.argv[1:])]),
-           "seeds": seeds, "models": models, "baseline_lineages": sum(1 for j in jobs if j[2]) // len(models),
-           "settings": DEFAULT.to_dict(), "seconds": time.time() - t0,
-           "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores", "rows": rows}
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(doc))
+           "seeds": [], "models": models, "baseline_lineages": 0, "settings": DEFAULT.to_dict(),
+           "machine": f"{platform.machine()}, {os.cpu_count()} cores", "finished": False, "rows": rows}
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for job, part in zip(jobs, run(run_lineage, jobs), strict=True):
+        rows.extend(part)
+        doc["seeds"] = sorted({*doc["seeds"], job[0]})
+        doc["baseline_lineages"] += job[2]
+        doc["seconds"] = time.time() - t0
+        # Written after every lineage, so a stopped run still leaves what it measured.
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc))
+        tmp.replace(out)
+    doc["finished"] = True
+    out.write_text(json.dumps(doc))
     print(f"wrote {a.out} ({len(rows)} rows, {doc['seconds']:.0f} s)", file=sys.stderr)
     print("\n".join(acceptance(rows)))
     return 0

@@ -8,7 +8,7 @@ import sys
 from dataclasses import replace
 
 from fiun_peer.core.fisher import ESTIMATORS
-from fiun_peer.core.fiun import NORMALIZATIONS, FIUnSettings
+from fiun_peer.core.fiun import NORMALIZATIONS, ROWS, FIUnSettings
 from fiun_peer.data import DATASETS
 from fiun_peer.models import MODELS
 
@@ -54,6 +54,9 @@ def add_experiment_args(p: argparse.ArgumentParser) -> None:
                    help=f"rescale each Fisher by its mean before Eq. 6 (default {d.normalize}; none = paper)")
     p.add_argument("--per-label", dest="per_label", action=argparse.BooleanOptionalAction, default=d.per_label,
                    help="one unlearning Fisher per forgotten label, merged with Eq. 5 (default on)")
+    p.add_argument("--rows", choices=ROWS, default=None,
+                   help=f"which head rows Eq. 6 may select: forget = only the forgotten classes' rows, all = the "
+                        f"whole head (default {d.rows}; --paper {pa.rows})")
     p.add_argument("--paper", action="store_true",
                    help="paper-exact FIUn: batch estimator, raw Fishers, one Fisher per request")
     p.add_argument("--seed", type=int, default=0)
@@ -69,7 +72,7 @@ def settings_from_args(a: argparse.Namespace) -> FIUnSettings:
         base = FIUnSettings.paper()
     else:
         base = replace(FIUnSettings(), estimator=a.estimator, normalize=a.normalize, per_label=a.per_label)
-    given = {k: getattr(a, k) for k in ("tau", "gamma", "eta") if getattr(a, k) is not None}
+    given = {k: getattr(a, k) for k in ("tau", "gamma", "eta", "rows") if getattr(a, k) is not None}
     return replace(base, **given)
 
 

@@ -35,7 +35,7 @@ def format_table(result: dict) -> str:
         f"FIUn on {cfg['dataset']} / {cfg['model']} / {topo}: forget labels {cfg['forget']} "
         f"(seed {cfg['seed']}; estimator={s['estimator']} tau={s['tau']} gamma={s['gamma']} eta={s['eta']} "
         f"T={s.get('temperature', 1.0)} center={s.get('center', False)} normalize={s['normalize']} "
-        f"per_label={s['per_label']})",
+        f"per_label={s['per_label']} rows={s.get('rows', 'all')})",
         "Accuracy in % on each model's training data (AD_r: retained labels, AD_f: forgotten), "
         "test-set AD in brackets; MIA % of forget samples called members (lower is better).",
         "",

@@ -107,12 +107,10 @@ def dampen(
 
 
 def _row_mask(rows: Sequence[int], n_rows: int, key: str) -> Tensor:
-    mask = torch.zeros(n_rows, dtype=torch.bool)
-    for r in rows:
-        if not 0 <= int(r) < n_rows:
-            raise FisherError(f"{key!r}: row {r} is outside the head's {n_rows} outputs")
-        mask[int(r)] = True
-    return mask
+    bad = [r for r in rows if not 0 <= int(r) < n_rows]
+    if bad:
+        raise FisherError(f"{key!r}: row {bad[0]} is outside the head's {n_rows} outputs")
+    return torch.isin(torch.arange(n_rows), torch.as_tensor(list(rows), dtype=torch.long))
 
 
 def normalize_fisher(fisher: Mapping[str, Tensor], method: str) -> Fisher:
