@@ -9,7 +9,8 @@ narrow descendants (2-5 labels each) by every relation, multi-root and imbalance
 to 8. Each (lineage, model) is trained once; then for forget sets of 1, 2 and 4 labels (drawn from
 the lineage's seed) every model of the unlearning sub-graph is measured after FIUn with the default
 settings, FIUn ``--paper``, the ablation variants below, re-training (the gold standard) and the
-three baselines (``--baselines-every K``: on every K-th lineage only, they dominate the time).
+three baselines (``--baselines-every K`` / ``--retrain-every K``: on every K-th lineage only, as
+they dominate the time; the CNN run uses both, see RESULTS.md).
 
 Per node: AD_r as % of the original model's and AD_f, on the node's lineage data (its own and its
 ancestors' training samples: the paper's convention) and on the held-out test split (the labels
@@ -132,9 +133,9 @@ def _baselines(stage, forget, seed: int) -> dict[str, dict[str, torch.nn.Module]
     return out
 
 
-def run_lineage(job: tuple[int, str, bool]) -> list[dict]:
+def run_lineage(job: tuple[int, str, bool, bool]) -> list[dict]:
     """Every forget set on one (lineage, model): a list of per-node rows."""
-    lineage_seed, model, with_baselines = job
+    lineage_seed, model, with_baselines, with_retrain = job
     torch.set_num_threads(1)
     cfg = SimConfig(framework=None, random_lineage=lineage_seed, model=model, seed=lineage_seed,
                     settings=DEFAULT, baselines=False)
@@ -150,9 +151,10 @@ def run_lineage(job: tuple[int, str, bool]) -> list[dict]:
         cache: dict = {}
         for name, spec in _variants().items():
             methods[name] = _fiun_variant(stage, forget, spec, cache)
-        methods["retrain"], _ = train_graph(stage.nodes, stage.data_idx, stage.ds, seed=lineage_seed,
-                                            cfg=stage.train_cfg, exclude_labels=forget, only=set(sub),
-                                            base=stage.models)
+        if with_retrain:
+            methods["retrain"], _ = train_graph(stage.nodes, stage.data_idx, stage.ds, seed=lineage_seed,
+                                                cfg=stage.train_cfg, exclude_labels=forget, only=set(sub),
+                                                base=stage.models)
         if with_baselines:
             methods.update(_baselines(stage, forget, lineage_seed))
         discovery = set(g.discovery_nodes(forget))
@@ -219,7 +221,8 @@ def report(docs: list[dict], png: str | None) -> str:
     methods = list(dict.fromkeys(m for r in rows for m in r["methods"] if m != "original"))
     out = [f"Command: `{doc['command']}` ({len(doc['seeds'])} lineages, seeds {doc['seeds'][0]}..{doc['seeds'][-1]}"
            f"{'' if doc.get('finished', True) else ' (stopped before the rest)'}, models {', '.join(doc['models'])}; "
-           f"{len(doc['rows'])} node rows; baselines on {doc['baseline_lineages']} of them; "
+           f"{len(doc['rows'])} node rows; re-training on {doc.get('retrain_lineages', len(doc['seeds']))} and baselines "
+           f"on {doc['baseline_lineages']} of them; "
            f"{doc['seconds']:.0f} s on {doc['machine']})." for doc in docs]
     out += ["",
            "Acceptance (default settings, lineage data): share of sub-graph nodes with AD_f and AD_r % of "
@@ -287,19 +290,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default="mlp,cnn")
     ap.add_argument("--baselines-every", type=int, default=1, metavar="K",
                     help="run the three baselines on every K-th lineage (default 1: all); 0 = never")
+    ap.add_argument("--retrain-every", type=int, default=1, metavar="K",
+                    help="re-train on every K-th lineage (default 1: all); 0 = never")
     ap.add_argument("--jobs", type=int, default=1, help="worker processes, one torch thread each (default 1)")
     ap.add_argument("--out", default="results/lineages.json")
     ap.add_argument("--report", metavar="JSON", nargs="+",
                     help="print the RESULTS.md section from finished runs (their rows are pooled)")
     ap.add_argument("--png", help="with --report: also draw the distributions here")
+    ap.add_argument("--results-md", metavar="PATH",
+                    help="with --report: write the section into PATH (e.g. RESULTS.md) between "
+                         "<!-- section:lineages --> markers instead of printing it")
     a = ap.parse_args(argv)
     if a.report:
         docs = [json.loads(Path(p).read_text()) for p in a.report]
-        print(report(docs, a.png))
+        section = report(docs, a.png)
+        if a.results_md:
+            from _netexp import write_section
+
+            write_section("lineages", section, Path(a.results_md))
+        else:
+            print(section)
         return 0
     seeds = list(range(a.seed, a.seed + a.lineages))
     models = a.models.split(",")
-    jobs = [(s, m, a.baselines_every > 0 and (s - a.seed) % a.baselines_every == 0) for m in models for s in seeds]
+    every = lambda k, s: k > 0 and (s - a.seed) % k == 0  # noqa: E731
+    jobs = [(s, m, every(a.baselines_every, s), every(a.retrain_every, s)) for m in models for s in seeds]
     t0 = time.time()
     rows: list[dict] = []
     run: Callable = map
@@ -310,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     import platform
 
     doc = {"command": " ".join(["bench/exp_lineages.py", *(argv if argv is not None else sys.argv[1:])]),
-           "seeds": [], "models": models, "baseline_lineages": 0, "settings": DEFAULT.to_dict(),
+           "seeds": [], "models": models, "baseline_lineages": 0, "retrain_lineages": 0, "settings": DEFAULT.to_dict(),
            "machine": f"{platform.machine()}, {os.cpu_count()} cores", "finished": False, "rows": rows}
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -318,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.extend(part)
         doc["seeds"] = sorted({*doc["seeds"], job[0]})
         doc["baseline_lineages"] += job[2]
+        doc["retrain_lineages"] += job[3]
         doc["seconds"] = time.time() - t0
         # Written after every lineage, so a stopped run still leaves what it measured.
         tmp = out.with_suffix(".tmp")

@@ -106,7 +106,7 @@ def test_network_cli_equals_centralized_and_leaves_nothing(tmp_path, capsys):
         assert n["fiun"]["ad_f"] == 0.0 if n["discovery"] else n["fiun"]["ad_f"] <= n["original"]["ad_f"]
     assert r["fiun_seconds"] == max(n["receipt_seen_at"] for n in r["nodes"])
     assert r["speedup"] == pytest.approx(r["retrain_seconds"] / r["fiun_seconds"])
-    assert r["config"]["settings"]["gamma"] == 3.0 and r["config"]["topology_file"] == str(topo)
+    assert r["config"]["settings"] == FIUnSettings().to_dict() and r["config"]["topology_file"] == str(topo)
     assert not list(homes.glob("*/run.json"))            # every peer stopped cleanly
     assert _children() <= before
     assert not _processes_using(homes)
