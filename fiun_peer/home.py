@@ -59,7 +59,7 @@ class HomeLock:
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode("ascii", errors="replace").strip()
             os.close(fd)
-            raise HomeError(f"{home} is in use by pid {holder or '(unknown)'}: another `fiun-peer run` "
+            raise HomeError(f"{home} is in use by pid {holder or '(unknown)'}: another fiun-peer run "
                             "serves this home; stop it first, or use another --home") from None
         except BaseException:
             os.close(fd)
