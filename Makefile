@@ -12,7 +12,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet --upgrade "pip>=23"
 	# torch first, from the local CPU wheel, so nothing later pulls a CUDA build.
 	$(BIN)/pip install --quiet -c constraints.txt torch==2.13.0
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	# the daemon and the dev tools, plus the simulations' extra (fiun-sim, bench, most tests)
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,sim]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -5,11 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import grpc
+
+from .home import HOME_ENV, home_from_env, home_path
+
+if TYPE_CHECKING:
+    from .identity import Identity
 
 DESCRIPTION = """\
 A fiun-peer daemon owns models in a decentralized machine-unlearning network. Peers gossip signed
@@ -17,12 +24,45 @@ lineage records (which model inherits from which) over libp2p; when labels must 
 discovery peers announce an unlearning Fisher, and every affected peer pulls the Fishers it needs over
 gRPC, merges them (Eq. 5) and dampens its own last layer (Eq. 6). No coordinator.
 
-  fiun-peer init  --home DIR --name NAME           create the peer's Ed25519 key and admin token (0600)
-  fiun-peer run   --home DIR [--config FILE] [--grpc H:P] [--p2p MULTIADDR] [--bootstrap ADDR ...]
+  fiun-peer init  --home HOME --name NAME          create the peer's Ed25519 key and admin token (0600)
+  fiun-peer run   --home HOME [--config FILE] [--grpc H:P] [--p2p MULTIADDR] [--bootstrap ADDR ...]
                   [--metrics H:P]   every option also FIUN_<OPTION> and a key in HOME/config.toml
-  fiun-peer admin --home DIR | --target H:P --token-file F   status | lineage | publish ... | unlearn ...
-  fiun-peer health --target H:P                    exit 0 when the daemon reports SERVING
+  fiun-peer admin status | lineage | publish ... | unlearn ... [--home HOME | --target H:P --token-file F]
+  fiun-peer health [--home HOME | --target H:P]    exit 0 when the daemon reports SERVING
+
+HOME is a directory, or a bare NAME for ~/.fiun/NAME (so keys stay out of your working tree); every
+command that takes --home defaults to $FIUN_HOME. One daemon per home: a second `run` exits with
+"HOME is in use by pid N".
 """
+
+HOME_HELP = ("the peer's home: a directory, or a bare NAME for ~/.fiun/NAME (default: $FIUN_HOME)")
+
+
+class RunHelpFormatter(argparse.HelpFormatter):
+    """`run --help` names each option's default and its FIUN_<OPTION> variable (see fiun_peer.config)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not action.option_strings or action.dest in ("help", "config") or action.help == argparse.SUPPRESS:
+            return text
+        default = action.default
+        shown = ("off" if default is False else "none" if default in (None, [], "") else str(default))
+        if action.dest == "home":
+            shown = "none"
+        env = f"FIUN_{action.dest.upper()}"
+        if "default" in text:  # the help already says what the default means
+            return f"{text} (env {env})"
+        return f"{text} (default: {shown.replace('%', '%%')}; env {env})"
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fiun-peer")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
+
 
 
 def _labels(text: str) -> list[int]:
@@ -42,16 +82,32 @@ def _parent(text: str) -> tuple[str, str]:
     return mid, rel or "finetune"
 
 
+#: What the admin options mean when given nowhere (they are SUPPRESSed in the parsers, see build_parser).
+ADMIN_DEFAULTS: dict[str, Any] = {"target": None, "home": None, "token_file": None, "tls_ca": None,
+                                  "tls_cert": None, "tls_key": None, "json": False, "timeout": 60.0}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fiun-peer", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"fiun-peer {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
     i = sub.add_parser("init", help="create a peer home: Ed25519 identity key (mode 0600)")
-    i.add_argument("--home", required=True, type=Path)
+    i.add_argument("--home", type=home_path, metavar="HOME", help=HOME_HELP)
     i.add_argument("--name", required=True, help="a human-readable peer name")
+    i.add_argument("--identity-key", type=Path, metavar="FILE",
+                   help="use this 32-byte Ed25519 seed (e.g. a mounted Secret) instead of a new random key; "
+                        "it is copied into HOME/identity.key (0600)")
+    i.add_argument("--admin-token", type=Path, metavar="FILE",
+                   help="use the token in this file (e.g. a mounted Secret) as HOME/admin.token (0600)")
 
-    r = sub.add_parser("run", help="run the daemon (gossip, gRPC services, unlearning agent)")
-    r.add_argument("--home", required=True, type=Path)
+    r = sub.add_parser("run", help="run the daemon (gossip, gRPC services, unlearning agent)",
+                       formatter_class=RunHelpFormatter,
+                       description="Run the daemon. Every option is also an environment variable FIUN_<OPTION> "
+                                   "and a key in the TOML config file; precedence: flags > environment > "
+                                   "file > defaults.")
+    r.add_argument("--home", required=True, type=home_path, metavar="HOME",
+                   help="the peer's home: a directory, or a bare NAME for ~/.fiun/NAME")
     r.add_argument("--grpc", default="127.0.0.1:0", metavar="HOST:PORT",
                    help="gRPC bind address for admin and peer services (port 0: pick one; see HOME/run.json)")
     r.add_argument("--p2p", default="/ip4/127.0.0.1/tcp/0", metavar="MULTIADDR", help="libp2p listen address")
@@ -83,26 +139,45 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dial other peers over TLS, verifying their certificates against this CA")
 
     h = sub.add_parser("health", help="ask a daemon's gRPC health service; exit 0 when SERVING")
-    h.add_argument("--target", default="127.0.0.1:50051", metavar="HOST:PORT")
+    h.add_argument("--target", metavar="HOST:PORT",
+                   help="the daemon's gRPC address (default: from --home's run.json, on loopback for a "
+                        "wildcard bind; else 127.0.0.1:50051)")
+    h.add_argument("--home", type=home_path, metavar="HOME", help=HOME_HELP)
     h.add_argument("--service", default="", help='service name ("" = the whole daemon)')
     h.add_argument("--timeout", type=float, default=5.0)
-    h.add_argument("--tls-ca", type=Path, metavar="PEM", help="the daemon serves TLS: verify it against this CA")
+    h.add_argument("--tls-ca", type=Path, metavar="PEM",
+                   help="the daemon serves TLS: verify it against this CA (default with --home: its --tls-ca)")
 
-    a = sub.add_parser("admin", help="call a running daemon's admin API")
-    a.add_argument("--target", metavar="HOST:PORT", help="the daemon's gRPC address (default: from --home's run.json)")
-    a.add_argument("--home", type=Path, metavar="DIR",
-                   help="the peer's home: its admin.token is the credential, run.json the default --target")
-    a.add_argument("--token-file", type=Path, metavar="FILE",
-                   help="file holding the admin token (mode 0600); else --home's admin.token, else $FIUN_ADMIN_TOKEN")
-    a.add_argument("--tls-ca", type=Path, metavar="PEM", help="the daemon serves TLS: verify it against this CA")
-    a.add_argument("--tls-cert", type=Path, metavar="PEM", help="mTLS: present this client certificate")
-    a.add_argument("--tls-key", type=Path, metavar="PEM", help="mTLS: the private key of --tls-cert (mode 0600)")
-    a.add_argument("--json", action="store_true", help="print replies as JSON")
-    a.add_argument("--timeout", type=float, default=60.0, help="per-call deadline in seconds")
+    # The admin options are accepted before and after the action (`admin --home A status` and
+    # `admin status --home A`): every parser gets them with SUPPRESS defaults, so a value given in
+    # one place is not overwritten by the other's default; peer_main fills in ADMIN_DEFAULTS.
+    shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument("--target", metavar="HOST:PORT", default=argparse.SUPPRESS,
+                        help="the daemon's gRPC address (default: from --home's run.json)")
+    shared.add_argument("--home", type=home_path, metavar="HOME", default=argparse.SUPPRESS,
+                        help="the peer's home (a directory, or a bare NAME for ~/.fiun/NAME; default "
+                             "$FIUN_HOME): its admin.token is the credential, run.json the default --target")
+    shared.add_argument("--token-file", type=Path, metavar="FILE", default=argparse.SUPPRESS,
+                        help="file holding the admin token (mode 0600); else --home's admin.token, else "
+                             "$FIUN_ADMIN_TOKEN, else $FIUN_HOME's admin.token")
+    shared.add_argument("--tls-ca", type=Path, metavar="PEM", default=argparse.SUPPRESS,
+                        help="the daemon serves TLS: verify it against this CA")
+    shared.add_argument("--tls-cert", type=Path, metavar="PEM", default=argparse.SUPPRESS,
+                        help="mTLS: present this client certificate")
+    shared.add_argument("--tls-key", type=Path, metavar="PEM", default=argparse.SUPPRESS,
+                        help="mTLS: the private key of --tls-cert (mode 0600)")
+    shared.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print replies as JSON")
+    shared.add_argument("--timeout", type=float, default=argparse.SUPPRESS,
+                        help=f"per-call deadline in seconds (default {ADMIN_DEFAULTS['timeout']:g})")
+    a = sub.add_parser("admin", help="call a running daemon's admin API", parents=[shared])
     asub = a.add_subparsers(dest="action", required=True)
-    asub.add_parser("status", help="peer identity, addresses, record count, counters")
-    asub.add_parser("lineage", help="the lineage graph this peer knows")
-    pub = asub.add_parser("publish", help="register a model version owned by this peer")
+
+    def action(name: str, help: str) -> argparse.ArgumentParser:
+        return asub.add_parser(name, help=help, parents=[shared])
+
+    action("status", "peer identity, addresses, record count, counters")
+    action("lineage", "the lineage graph this peer knows")
+    pub = action("publish", "register a model version owned by this peer")
     pub.add_argument("--model-id", required=True)
     pub.add_argument("--weights", required=True, type=Path, help="safetensors state dict")
     pub.add_argument("--data", required=True, type=Path, help='safetensors with "x" and "y": your own data')
@@ -112,23 +187,36 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--parents", nargs="*", type=_parent, default=[], metavar="MODEL[:RELATION]",
                      help="parent models with relation aggregate|finetune|incremental|distill|transfer")
     pub.add_argument("--labels", type=_labels, default=[], help="own label set (default: labels in --data)")
-    un = asub.add_parser("unlearn", help="submit an unlearning request")
+    un = action("unlearn", "submit an unlearning request")
     un.add_argument("--labels", required=True, type=_labels, help="labels to forget, e.g. 2,9")
     un.add_argument("--id", default="", help="request id (default: generated); requests are idempotent by id")
     un.add_argument("--settings", default="", help='FIUn settings JSON, e.g. {"gamma": 3.0}')
-    rq = asub.add_parser("request", help="progress of a request: affected models, receipts, why pending")
+    rq = action("request", "progress of a request: affected models, receipts, why pending")
     rq.add_argument("request_id")
     rq.add_argument("--wait", action="store_true", help="poll until every affected model has a receipt")
     rq.add_argument("--wait-timeout", type=float, default=300.0)
-    rc = asub.add_parser("receipts", help="receipts this peer has seen")
+    rc = action("receipts", "receipts this peer has seen")
     rc.add_argument("--request", default="")
     return p
 
 
 def peer_main(argv: list[str] | None = None) -> int:
+    try:
+        rc = _main(argv)
+        sys.stdout.flush()  # so that a reader gone away (`| head -1`) shows up here, not at exit
+        return rc
+    except BrokenPipeError:
+        # The standard quiet exit when the reader closed the pipe (Python docs, "Note on SIGPIPE"):
+        # point stdout at /dev/null so the interpreter's final flush cannot fail again, and exit
+        # with the status a process killed by SIGPIPE would have.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13
+
+
+def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     resolved = None
-    if argv[:1] == ["run"]:
+    if argv[:1] == ["run"] and not {"-h", "--help"} & set(argv):  # help: the parser with real defaults
         from .config import ConfigError, resolve_run
 
         try:
@@ -139,24 +227,50 @@ def peer_main(argv: list[str] | None = None) -> int:
         args = resolved.args
     else:
         args = build_parser().parse_args(argv)
+    if args.command == "admin":
+        for name, default in ADMIN_DEFAULTS.items():
+            if not hasattr(args, name):
+                setattr(args, name, default)
+    # --home, else $FIUN_HOME, for every command (`run` gets it through fiun_peer.config's layers).
+    args.home_from_env = False
+    if args.command != "run" and args.home is None and home_from_env() is not None:
+        args.home, args.home_from_env = home_from_env(), True
     if args.command == "health":
         return _health(args)
     if args.command == "init":
         from .auth import TOKEN_FILE, AuthError, create_token
+        from .home import HomeError
         from .identity import Identity, IdentityError
 
+        if args.home is None:
+            print(f"fiun-peer: error: give --home HOME (a directory, or a bare NAME for ~/.fiun/NAME) or set "
+                  f"{HOME_ENV}", file=sys.stderr)
+            return 2
         try:
             args.home.mkdir(parents=True, exist_ok=True)
-            ident = Identity.create(args.home, args.name)
-            create_token(args.home)
+            if args.identity_key is not None:
+                ident = _import_identity(args.home, args.name, args.identity_key)
+            else:
+                ident = Identity.create(args.home, args.name)
+            if args.admin_token is not None:
+                _import_token(args.home, args.admin_token)
+            else:
+                create_token(args.home)
             _write_config_template(args.home)
-        except (IdentityError, AuthError, OSError) as exc:
+        except (IdentityError, AuthError, HomeError, OSError) as exc:
             print(f"fiun-peer: error: {exc}", file=sys.stderr)
             return 2
         print(f"created peer {ident.name!r} in {args.home}\n  public key {ident.public_key_hex}\n"
               f"  peer id    {ident.peer_id}\n  admin token {args.home / TOKEN_FILE}")
         return 0
     if args.command == "run":
+        from .home import HomeError, HomeLock
+
+        try:  # before torch and libp2p load: a second daemon on this home fails at once
+            lock = HomeLock.acquire(args.home)
+        except (HomeError, OSError) as exc:
+            print(f"fiun-peer: error: {exc}", file=sys.stderr)
+            return 2
         from . import log
         from .auth import AuthError
         from .daemon import run
@@ -169,7 +283,7 @@ def peer_main(argv: list[str] | None = None) -> int:
                 "configuration", extra={"event": "config", "file": str(resolved.config_file or ""),
                                         "sources": ",".join(f"{k}={v}" for k, v in resolved.sources.items()
                                                             if v != "default")})
-            run(args.home, grpc_bind=args.grpc, p2p_listen=args.p2p, bootstrap=args.bootstrap,
+            run(args.home, home_lock=lock, grpc_bind=args.grpc, p2p_listen=args.p2p, bootstrap=args.bootstrap,
                 metrics=args.metrics, advertise_grpc=args.advertise_grpc, advertise_p2p=args.advertise_p2p,
                 effective_config=resolved.effective(),
                 sync_interval=args.sync_interval, requesters=args.requester, admin_cns=args.admin_cn,
@@ -179,6 +293,8 @@ def peer_main(argv: list[str] | None = None) -> int:
             return 2
         except KeyboardInterrupt:
             return 130
+        finally:
+            lock.release()
         return 0
     from .auth import AuthError
 
@@ -190,9 +306,35 @@ def peer_main(argv: list[str] | None = None) -> int:
     except grpc.RpcError as exc:
         print(f"fiun-peer: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # the reader went away: peer_main exits quietly
+        raise
     except (OSError, ValueError) as exc:
         print(f"fiun-peer: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _import_identity(home: Path, name: str, key_file: Path) -> Identity:
+    """``init --identity-key``: the seed in ``key_file`` (raw 32 bytes, as in HOME/identity.key) becomes
+    this home's key. The source may be group-readable (kubelet mounts Secrets so under fsGroup); the
+    copy in the home is 0600 like any key."""
+    from .identity import SEED_BYTES, Identity, IdentityError
+
+    seed = Path(key_file).read_bytes()
+    if len(seed) != SEED_BYTES:
+        raise IdentityError(f"{key_file} holds {len(seed)} bytes; an identity key is a raw {SEED_BYTES}-byte "
+                            f"Ed25519 seed (e.g. another home's identity.key)")
+    return Identity.create(home, name, seed=seed)
+
+
+def _import_token(home: Path, token_file: Path) -> None:
+    """``init --admin-token``: the token in ``token_file`` becomes HOME/admin.token (born 0600)."""
+    from .auth import TOKEN_FILE, AuthError
+    from .home import write_new_secret
+
+    token = Path(token_file).read_text(encoding="utf-8", errors="replace").strip()
+    if not token or any(c.isspace() for c in token):
+        raise AuthError(f"{token_file} must hold one admin token (no spaces), got {len(token)} characters")
+    write_new_secret(home / TOKEN_FILE, (token + "\n").encode(), what="admin token")
 
 
 def _write_config_template(home: Path) -> None:
@@ -209,11 +351,17 @@ def _health(args: argparse.Namespace) -> int:
 
     from .rpc.channel import open_channel
 
+    try:
+        target, ca = _health_target(args)
+    except ValueError as exc:
+        print(f"fiun-peer: error: {exc}", file=sys.stderr)
+        return 2
+    args.target = target
     tls = None
-    if args.tls_ca:
+    if ca:
         from .auth import ClientTLS
 
-        tls = ClientTLS.from_files(args.tls_ca, None, None)
+        tls = ClientTLS.from_files(ca, None, None)
     with open_channel(args.target, tls=tls) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
@@ -226,23 +374,68 @@ def _health(args: argparse.Namespace) -> int:
     return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
+def _health_target(args: argparse.Namespace) -> tuple[str, Path | None]:
+    """The address and CA to probe: --target, else the port in HOME/run.json (so a container's
+    HEALTHCHECK follows the configured port), on loopback when the daemon bound a wildcard; over TLS
+    (to the advertised name, which its certificate carries) when the daemon serves TLS."""
+    ca = args.tls_ca
+    if args.target:
+        return args.target, ca
+    if args.home is None:
+        return "127.0.0.1:50051", ca
+    info = _read_run_file(args.home)
+    config = info.get("config") or {}
+    advertised = info["grpc"]
+    port = advertised.rsplit(":", 1)[1]
+    if config.get("tls_cert"):
+        ca = ca or (Path(config["tls_ca"]) if config.get("tls_ca") else None)
+        if ca is None:
+            raise ValueError("the daemon serves TLS (--tls-cert): give --tls-ca PEM to verify it")
+        return advertised, ca
+    host = str(config.get("grpc", "")).rsplit(":", 1)[0].strip("[]")
+    return f"{'127.0.0.1' if host in ('', '0.0.0.0', '::') else host}:{port}", ca
+
+
+def _read_run_file(home: Path) -> dict:
+    from .home import RUN_FILE
+
+    run_file = home / RUN_FILE
+    try:
+        info = json.loads(run_file.read_text())
+        info["grpc"]  # noqa: B018 -- the one field every caller needs
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"cannot read the peer's address from {run_file} (is it running?): {exc}") from None
+    return info
+
+
+def status_text(s: Any) -> str:
+    """`admin status` for people: one fact per line, counters as an aligned table."""
+    counters = sorted(dict(s.counters).items())
+    width = max((len(k) for k, _ in counters), default=0)
+    lines = [f"peer {s.name}  {s.peer_id}", f"  grpc             {s.grpc_address}",
+             f"  p2p              {' '.join(s.p2p_addresses) or '-'}",
+             f"  connected peers  {s.connected_peers}", f"  records          {s.records}",
+             f"  models           {', '.join(s.models) or '-'}",
+             "  counters" + ("" if counters else "         (none yet)")]
+    lines += [f"    {k:<{width}}  {v}" for k, v in counters]
+    return "\n".join(lines)
+
+
 def _admin(args: argparse.Namespace) -> int:
     from google.protobuf.json_format import MessageToDict
 
-    from .auth import ClientTLS, resolve_token
+    from .auth import TOKEN_ENV, ClientTLS, resolve_token
     from .rpc.channel import open_channel
     from .rpc.generated.fiun.v1 import admin_pb2, admin_pb2_grpc
 
     target = args.target
     if not target:
         if args.home is None:
-            raise ValueError("give --target HOST:PORT or --home DIR (a running peer's home)")
-        run_file = args.home / "run.json"
-        try:
-            target = json.loads(run_file.read_text())["grpc"]
-        except (OSError, ValueError, KeyError) as exc:
-            raise ValueError(f"cannot read the peer's address from {run_file} (is it running?): {exc}") from None
-    token = resolve_token(token_file=args.token_file, home=args.home)
+            raise ValueError(f"give --home HOME (a running peer's home) or --target HOST:PORT, or set {HOME_ENV}")
+        target = _read_run_file(args.home)["grpc"]
+    # An explicit $FIUN_ADMIN_TOKEN beats the home that only $FIUN_HOME named; --home beats both.
+    token_home = None if args.home_from_env and os.environ.get(TOKEN_ENV, "").strip() else args.home
+    token = resolve_token(token_file=args.token_file, home=token_home)
     tls = ClientTLS.from_files(args.tls_ca, args.tls_cert, args.tls_key) if args.tls_ca else None
     if tls is None and (args.tls_cert or args.tls_key):
         raise ValueError("--tls-cert/--tls-key need --tls-ca (the CA that signed the daemon's certificate)")
@@ -254,9 +447,7 @@ def _admin(args: argparse.Namespace) -> int:
 
     if args.action == "status":
         s = stub.Status(admin_pb2.StatusRequest(), timeout=t)
-        show(s, f"peer {s.name}  {s.peer_id}\n  grpc {s.grpc_address}\n  p2p  {' '.join(s.p2p_addresses)}\n"
-                f"  connected peers {s.connected_peers}, records {s.records}, models {', '.join(s.models) or '-'}\n"
-                f"  counters {dict(s.counters)}")
+        show(s, status_text(s))
     elif args.action == "lineage":
         r = stub.ListLineage(admin_pb2.ListLineageRequest(), timeout=t)
         rows = [f"{m.model_id:<12} v{m.version} {m.model_digest[:12]}  labels {list(m.labels)}  parents "

@@ -3,7 +3,8 @@
 trio owns the agent and libp2p; grpcio's threaded server calls in through the bridge; torch work
 runs in worker threads. On start the daemon writes ``HOME/run.json`` (its real addresses and effective
 configuration) once it is ready, then turns gRPC health to SERVING, and removes the file on a clean
-stop. Until then health says NOT_SERVING (the store is open, but libp2p and the agent are not up yet).
+stop (only if it still names this process). One daemon per home: ``serve`` holds an OS lock on
+``HOME/daemon.lock`` (fiun_peer.home) while it runs. Until then health says NOT_SERVING (the store is open, but libp2p and the agent are not up yet).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import signal
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import trio
@@ -27,6 +29,7 @@ from .agent import Agent
 from .auth import DEFAULT_ADMIN_CN, AdminAuth, AuthError, ClientTLS, ServerTLS, ensure_token
 from .bridge import TrioBridge
 from .gossip import GossipConfig, GossipError, GossipNode
+from .home import RUN_FILE, HomeLock, remove_run_file
 from .identity import Identity
 from .join import join_via, split_bootstrap
 from .metrics import GossipView, PeerMetrics, parse_bind
@@ -60,13 +63,25 @@ SYNC_BACKOFF = 4
 GOSSIP_DELAY = 2.0
 
 
-async def serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str = "/ip4/127.0.0.1/tcp/0",
+async def serve(home: Path, *, home_lock: HomeLock | None = None, **kwargs: Any) -> None:
+    """Run one peer until SIGTERM/SIGINT, holding the home's lock throughout (``home_lock``: one the
+    caller already holds, e.g. the CLI, which takes it before loading torch so a second start fails
+    at once). Keyword arguments: see :func:`_serve`."""
+    lock = home_lock if home_lock is not None else HomeLock.acquire(home)
+    try:
+        await _serve(home, **kwargs)
+    finally:
+        if home_lock is None:
+            lock.release()
+
+
+async def _serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str = "/ip4/127.0.0.1/tcp/0",
                 bootstrap: list[str] | None = None, sync_interval: float = 5.0,
                 requesters: list[str] | None = None, admin_cns: list[str] | None = None,
                 tls_cert: Path | None = None, tls_key: Path | None = None, tls_client_ca: Path | None = None,
                 tls_ca: Path | None = None, metrics: str = "", advertise_grpc: str = "",
                 advertise_p2p: list[str] | None = None, effective_config: dict | None = None) -> None:
-    """Run one peer until SIGTERM/SIGINT. ``bootstrap`` entries are multiaddrs ending in /p2p/ID or
+    """``bootstrap`` entries are multiaddrs ending in /p2p/ID or
     gRPC ``host:port`` addresses of peers (see ``fiun_peer.join``); ``metrics`` is ``HOST:PORT`` for a
     Prometheus endpoint (empty: none); ``advertise_*`` are the addresses other peers should use when
     the bind addresses are not reachable as such (0.0.0.0 in a container)."""
@@ -291,7 +306,7 @@ async def serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str =
     peer_metrics = PeerMetrics(store, identity.name, gossip=GossipView(gossip_sample),
                                known_peers=lambda: len(agent.peers))
     agent.on_applied = peer_metrics.observe_apply
-    run_file = home / "run.json"
+    run_file = home / RUN_FILE
     try:
         if metrics:
             peer_metrics.serve(metrics)
@@ -326,7 +341,7 @@ async def serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str =
         server.stop(grace=1).wait()
         channels.close()
         peer_metrics.close()
-        run_file.unlink(missing_ok=True)
+        remove_run_file(home)  # ours only: never another process's (the lock should make that moot)
         store.close()
 
 
@@ -354,5 +369,5 @@ def _reachable(bind: str, port: int) -> str:
     return f"{host}:{port}"
 
 
-def run(home: Path, **kwargs) -> None:
+def run(home: Path, **kwargs: Any) -> None:
     trio.run(functools.partial(serve, home, **kwargs))

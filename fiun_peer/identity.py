@@ -57,14 +57,15 @@ class Identity:
         return cls.from_seed(secrets.token_bytes(SEED_BYTES), name)
 
     @classmethod
-    def create(cls, home: Path, name: str) -> Identity:
-        """Create a new identity in ``home``; refuses to replace an existing key."""
+    def create(cls, home: Path, name: str, seed: bytes | None = None) -> Identity:
+        """Create a new identity in ``home`` (from ``seed``, e.g. a key kept in a Kubernetes Secret;
+        default: a fresh random one); refuses to replace an existing key."""
         home = Path(home)
         home.mkdir(parents=True, exist_ok=True)
         key_path = home / KEY_FILE
         if key_path.exists():
             raise IdentityError(f"{key_path} already exists; refusing to overwrite an identity key")
-        identity = cls.generate(name)
+        identity = cls.generate(name) if seed is None else cls.from_seed(seed, name)
         _write_secret_no_clobber(key_path, identity._seed)
         info = {"name": name, "public_key": identity.public_key_hex}
         write_atomic(home / INFO_FILE, (json.dumps(info, indent=2, sort_keys=True) + "\n").encode(), mode=0o644)

@@ -7,27 +7,44 @@ from pathlib import Path
 
 from fiun_peer.tensors import to_bytes
 
-from .centralized import SimConfig, prepare
+from .centralized import SimConfig, Stage, prepare
 from .network import architecture
 from .training import own_data
+
+#: The placeholder in the printed commands: the home of the model owner's peer (see `fiun-peer --help`).
+HOME_PLACEHOLDER = "HOME"
 
 
 def export_stage(cfg: SimConfig, out: str | Path) -> list[str]:
     """Write OUT/arch.json and OUT/<model>/{weights,data}.safetensors; return the publish commands."""
+    return write_stage(prepare(cfg), out)
+
+
+def write_stage(stage: Stage, out: str | Path) -> list[str]:
+    """:func:`export_stage` for a stage already trained."""
     out = Path(out)
-    stage = prepare(cfg)
     out.mkdir(parents=True, exist_ok=True)
     (out / "arch.json").write_text(json.dumps(architecture(stage)) + "\n")
     lines = [f"wrote {len(stage.nodes)} models to {out}/ (architecture in {out}/arch.json); publish each from "
-             "its owner's peer, parents first:"]
+             f"its owner's peer, parents first ({HOME_PLACEHOLDER}: that peer's home, e.g. alice; --home "
+             "supplies its address and admin token):"]
     for spec in stage.nodes:
         d = out / spec.id
         d.mkdir(exist_ok=True)
         x, y = own_data(stage.ds, stage.data_idx[spec.id])
         (d / "weights.safetensors").write_bytes(to_bytes(stage.models[spec.id].state_dict()))
         (d / "data.safetensors").write_bytes(to_bytes({"x": x, "y": y}))
-        parents = " ".join(f"{p}:{spec.relation}" for p in spec.parents)
-        lines.append(f"  fiun-peer admin --target HOST:PORT publish --model-id {spec.id} "
-                     f"--weights {d}/weights.safetensors --data {d}/data.safetensors --arch {out}/arch.json "
-                     f"--labels {','.join(map(str, spec.labels))}" + (f" --parents {parents}" if parents else ""))
+        lines.append("  " + publish_command(spec.id, d, out, spec.labels,
+                                            [(p, spec.relation) for p in spec.parents]))
     return lines
+
+
+def publish_command(model_id: str, folder: Path, out: Path, labels: list[int] | tuple[int, ...],
+                    parents: list[tuple[str, str]], home: str = HOME_PLACEHOLDER) -> str:
+    """The `fiun-peer admin publish` line for one exported model (``home``: the owner's peer home).
+    It must carry a credential: without one the admin API answers UNAUTHENTICATED."""
+    line = (f"fiun-peer admin --home {home} publish --model-id {model_id} --weights {folder}/weights.safetensors "
+            f"--data {folder}/data.safetensors --arch {out}/arch.json --labels {','.join(map(str, labels))}")
+    if parents:
+        line += " --parents " + " ".join(f"{p}:{rel}" for p, rel in parents)
+    return line

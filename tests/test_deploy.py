@@ -42,7 +42,7 @@ def _by_kind(docs: list[dict], kind: str) -> list[dict]:
 
 def test_k8s_manifests_validate_strictly() -> None:
     docs = _kustomize_resources()
-    assert {d["kind"] for d in docs} == {"Service", "StatefulSet"}
+    assert {d["kind"] for d in docs} == {"Service", "StatefulSet", "NetworkPolicy", "PodDisruptionBudget"}
     for doc in docs:
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)  # raises ValidationError
 
@@ -81,7 +81,7 @@ def test_statefulset_wiring() -> None:
     assert env["FIUN_BOOTSTRAP"] == f"{sts['metadata']['name']}-0.{svc['metadata']['name']}:{ports['grpc']}"
     assert env["FIUN_ADVERTISE_GRPC"] == f"$(POD_NAME).{svc['metadata']['name']}:{ports['grpc']}"
     # Every FIUN_ variable must name a real `fiun-peer run` option (a typo would be silently ignored).
-    known = _run_env_names() | {"FIUN_NAME", "FIUN_HOME"}
+    known = _run_env_names() | {"FIUN_NAME", "FIUN_HOME"} | _entrypoint_env_names()
     assert {k for k in env if k.startswith("FIUN_")} <= known
     (claim,) = sts["spec"]["volumeClaimTemplates"]
     assert {"name": claim["metadata"]["name"], "mountPath": "/data"} in container["volumeMounts"]
@@ -95,6 +95,72 @@ def test_kubectl_kustomize_renders_the_same_resources() -> None:
         pytest.skip(f"kubectl kustomize unavailable here: {done.stderr[:200]}")
     rendered = {(d["kind"], d["metadata"]["name"]) for d in yaml.safe_load_all(done.stdout) if d}
     assert rendered == {(d["kind"], d["metadata"]["name"]) for d in _kustomize_resources()}
+
+
+def _pod(docs: list[dict] | None = None) -> dict:
+    return _by_kind(docs or _kustomize_resources(), "StatefulSet")[0]["spec"]["template"]["spec"]
+
+
+def _entrypoint_env_names() -> set[str]:
+    return set(re.findall(r"\$\{(FIUN_[A-Z_]+)", (DEPLOY / "entrypoint.sh").read_text()))
+
+
+def test_pod_security_policy() -> None:
+    """What checkov's Kubernetes checks ask of a pod, as plain assertions (checkov itself is too heavy
+    for make test), plus the fsGroup trap of issue 17."""
+    pod = _pod()
+    sc = pod["securityContext"]
+    # kubelet's default fsGroup policy makes identity.key 0660 on every mount: crash-loop on reschedule
+    assert sc["fsGroup"] and sc["fsGroupChangePolicy"] == "OnRootMismatch"
+    assert sc["runAsNonRoot"] is True and sc["runAsUser"] != 0 and sc["seccompProfile"]["type"] == "RuntimeDefault"
+    assert pod["automountServiceAccountToken"] is False
+    for c in pod["containers"]:
+        csc = c["securityContext"]
+        assert csc["allowPrivilegeEscalation"] is False and csc["readOnlyRootFilesystem"] is True
+        assert csc["capabilities"]["drop"] == ["ALL"] and not csc.get("privileged")
+        assert c["resources"]["limits"]["memory"] and c["resources"]["limits"]["cpu"]
+        assert {"livenessProbe", "readinessProbe"} <= set(c)
+
+
+def test_network_policy_opens_the_peer_ports_to_peers_only() -> None:
+    docs = _kustomize_resources()
+    (np,) = _by_kind(docs, "NetworkPolicy")
+    pod_labels = _by_kind(docs, "StatefulSet")[0]["spec"]["template"]["metadata"]["labels"]
+    assert np["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert "Ingress" in np["spec"]["policyTypes"]
+    ports = {p["name"] for p in _pod(docs)["containers"][0]["ports"]}
+    opened = {}
+    for rule in np["spec"]["ingress"]:
+        for port in rule["ports"]:
+            assert port["port"] in ports, port  # named ports of the container, nothing else
+            opened[port["port"]] = rule["from"]
+    assert set(opened) == {"grpc", "p2p", "metrics"}
+    for peer_port in ("grpc", "p2p"):  # gRPC carries the admin API too: only peers may reach it
+        assert opened[peer_port] == [{"podSelector": {"matchLabels": np["spec"]["podSelector"]["matchLabels"]}}]
+
+
+def test_pod_disruption_budget_keeps_all_but_one_peer() -> None:
+    docs = _kustomize_resources()
+    (pdb,) = _by_kind(docs, "PodDisruptionBudget")
+    sts = _by_kind(docs, "StatefulSet")[0]
+    assert pdb["spec"]["selector"] == sts["spec"]["selector"]
+    assert pdb["spec"]["maxUnavailable"] == 1 < sts["spec"]["replicas"]
+
+
+def test_identity_key_and_admin_token_from_optional_secrets() -> None:
+    pod = _pod()
+    (container,) = pod["containers"]
+    secrets = {v["name"]: v["secret"] for v in pod["volumes"] if "secret" in v}
+    assert {s["secretName"] for s in secrets.values()} == {"fiun-identity", "fiun-admin-token"}
+    for s in secrets.values():
+        assert s["optional"] is True          # without the Secrets, pods make their own key and token
+        assert s["defaultMode"] & 0o077 == 0  # and no other user of the node's kubelet may read them
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    env = {e["name"]: e.get("value", "") for e in container["env"]}
+    for var, volume in (("FIUN_IDENTITY_KEY_FILE", "identity"), ("FIUN_ADMIN_TOKEN_FILE", "admin-token")):
+        assert mounts[volume]["readOnly"] is True and env[var].startswith(mounts[volume]["mountPath"] + "/")
+        assert var in _entrypoint_env_names()
+    assert env["FIUN_IDENTITY_KEY_FILE"].endswith("/$(POD_NAME).key")  # one key per pod
 
 
 def _run_env_names() -> set[str]:
@@ -141,12 +207,16 @@ def test_compose_is_wired_consistently() -> None:
 
 def test_dockerfile_promises() -> None:
     text = (DEPLOY / "Dockerfile").read_text()
-    assert re.search(r"^FROM python:3\.11-slim$", text, re.M)
+    # the base image by digest (a tag moves); the Python minor matches requires-python and the wheels
+    assert re.search(r"^FROM python:3\.11(\.\d+)?-slim(-\w+)?@sha256:[0-9a-f]{64}$", text, re.M)
     assert "--index-url https://download.pytorch.org/whl/cpu" in text and "-c constraints.txt" in text
     user = re.findall(r"^USER (\S+)$", text, re.M)
     assert user and user[-1] not in ("root", "0")
     assert re.search(r'^VOLUME \["/data"\]$', text, re.M)
-    assert re.search(r"^HEALTHCHECK .*\n?.*fiun-peer\", \"health\"", text, re.M)
+    health = re.search(r"^HEALTHCHECK (.*\\\n)*.*$", text, re.M).group(0)
+    assert '"fiun-peer", "health"' in health
+    # the port (and TLS) come from the running daemon's run.json via FIUN_HOME, not a literal
+    assert "50051" not in health and "127.0.0.1" not in health and re.search(r"^ENV FIUN_HOME=/data", text, re.M)
     for src in re.findall(r"^COPY (?:--\S+ )*(\S+) ", text, re.M):
         assert (ROOT / src).exists(), f"COPY source {src} missing"
     assert os.access(DEPLOY / "entrypoint.sh", os.X_OK) and os.access(DEPLOY / "demo.sh", os.X_OK)
@@ -199,6 +269,39 @@ def test_entrypoint_creates_the_key_on_first_start_only(tmp_path: Path) -> None:
     assert json.loads((home / "identity.json").read_text())["name"] == "pod-0"
     assert (home / "identity.key").stat().st_mode & 0o777 == 0o600
     assert (home / "config.toml").exists()  # the commented template init writes
+
+
+def test_entrypoint_takes_key_and_token_from_secret_files(tmp_path: Path) -> None:
+    """As kubelet mounts a Secret under fsGroup: group-readable files. The entrypoint imports them
+    (the home's copies 0600) and refuses a Secret whose key is not the home's. `run` is then given a
+    bad option so that no daemon starts: the import is what is under test here."""
+    from fiun_peer.identity import Identity
+
+    seed, other = bytes(range(32)), bytes(range(1, 33))
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    for name, data in (("fiun-0.key", seed), ("other.key", other), ("admin.token", b"s3cret-token\n")):
+        (secrets / name).write_bytes(data)
+        (secrets / name).chmod(0o440)
+    home = tmp_path / "data"
+    env = _venv_env(home, FIUN_NAME="fiun-0", FIUN_IDENTITY_KEY_FILE=str(secrets / "fiun-0.key"),
+                    FIUN_ADMIN_TOKEN_FILE=str(secrets / "admin.token"))
+
+    def entrypoint(**extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["sh", str(DEPLOY / "entrypoint.sh"), "--sync-interval", "never"],
+                              env={**env, **extra}, capture_output=True, text=True, timeout=120)
+
+    first = entrypoint()
+    assert "invalid float value: 'never'" in first.stderr, first.stderr  # init done, then `run` refused
+    assert Identity.load(home).peer_id == Identity.from_seed(seed, "x").peer_id
+    assert (home / "identity.key").stat().st_mode & 0o777 == 0o600
+    assert (home / "admin.token").read_text().strip() == "s3cret-token"
+    assert (home / "admin.token").stat().st_mode & 0o077 == 0
+    wrong = entrypoint(FIUN_IDENTITY_KEY_FILE=str(secrets / "other.key"))
+    assert wrong.returncode == 2 and "differs from" in wrong.stderr
+    absent = entrypoint(FIUN_IDENTITY_KEY_FILE=str(secrets / "missing.key"))  # no Secret: keep the home's
+    assert "differs" not in absent.stderr and "invalid float value" in absent.stderr
+    assert Identity.load(home).peer_id == Identity.from_seed(seed, "x").peer_id
 
 
 def test_bootstrap_by_grpc_address_to_a_wildcard_bound_peer(tmp_path: Path) -> None:
