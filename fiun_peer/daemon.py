@@ -31,6 +31,7 @@ from .identity import Identity
 from .join import join_via, split_bootstrap
 from .metrics import GossipView, PeerMetrics, parse_bind
 from .pacing import SyncPacer, with_retries
+from .peer_auth import AllowList, PeerAuth
 from .policy import RequesterPolicy
 from .rpc.channel import ChannelPool
 from .rpc.fisher_service import FisherServicer, fetch_blob
@@ -65,11 +66,14 @@ async def serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str =
                 requesters: list[str] | None = None, admin_cns: list[str] | None = None,
                 tls_cert: Path | None = None, tls_key: Path | None = None, tls_client_ca: Path | None = None,
                 tls_ca: Path | None = None, metrics: str = "", advertise_grpc: str = "",
-                advertise_p2p: list[str] | None = None, effective_config: dict | None = None) -> None:
+                advertise_p2p: list[str] | None = None, allow_peers: Path | None = None,
+                effective_config: dict | None = None) -> None:
     """Run one peer until SIGTERM/SIGINT. ``bootstrap`` entries are multiaddrs ending in /p2p/ID or
     gRPC ``host:port`` addresses of peers (see ``fiun_peer.join``); ``metrics`` is ``HOST:PORT`` for a
     Prometheus endpoint (empty: none); ``advertise_*`` are the addresses other peers should use when
-    the bind addresses are not reachable as such (0.0.0.0 in a container)."""
+    the bind addresses are not reachable as such (0.0.0.0 in a container); ``allow_peers`` is a file
+    of the peer keys that may call RecordService and FisherService (None: anyone; see
+    ``fiun_peer.peer_auth``)."""
     torch.set_num_threads(1)  # the same thread count as the centralized reference: same bits
     maddrs, grpc_targets = split_bootstrap(list(bootstrap or []))
     if metrics:
@@ -78,6 +82,7 @@ async def serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str =
     # Security settings first: a peer that cannot authenticate its admin API must not start.
     admin_auth = AdminAuth(token=ensure_token(home), admin_cns=frozenset(admin_cns or [DEFAULT_ADMIN_CN]))
     requester_policy = RequesterPolicy.of(requesters or [])
+    peer_auth = PeerAuth(AllowList.from_file(allow_peers), own_key=identity.public_key_hex) if allow_peers else None
     if (tls_cert is None) != (tls_key is None):
         raise AuthError("TLS needs both --tls-cert and --tls-key")
     if tls_client_ca is not None and tls_cert is None:
@@ -92,7 +97,9 @@ async def serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str =
 
     push_nursery: trio.Nursery | None = None
     push_slots = trio.CapacityLimiter(PUSH_PARALLEL)
-    channels = ChannelPool(tls=client_tls)  # one per peer, for pushes, syncs and Fisher pulls
+    # One per peer, for pushes, syncs and Fisher pulls; every call signed with our key, which peers
+    # with an allow list require.
+    channels = ChannelPool(tls=client_tls, identity=identity)
     sync_slots = trio.CapacityLimiter(SYNC_PARALLEL)
 
     async def push_to(target: str, data: bytes, retries: tuple[float, ...] = ()) -> None:
@@ -162,7 +169,7 @@ async def serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str =
 
     server, port = make_server(grpc_bind, AdminServicer(agent, bridge, status), FisherServicer(store),
                                RecordServicer(store, on_push, identify, on_sync_hello, peer_list), health_servicer=health_servicer,
-                               tls=server_tls, admin_auth=admin_auth, count=store.incr)
+                               tls=server_tls, admin_auth=admin_auth, peer_auth=peer_auth, count=store.incr)
     grpc_address = advertise_grpc or _reachable(grpc_bind, port)
     server.start()
     hello_info = {"grpc": grpc_address, "public_key": identity.public_key_hex, "name": identity.name}
@@ -310,7 +317,7 @@ async def serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str =
                 for target in grpc_targets:
                     nursery.start_soon(functools.partial(
                         join_via, target, own_peer_id=identity.peer_id, connected=node.connected_peers,
-                        connect=node.connect, identify=functools.partial(identify_peer, tls=client_tls)))
+                        connect=node.connect, identify=lambda t: identify_peer(channels.get(t))))
                 write_atomic(run_file, json.dumps({"grpc": grpc_address, "p2p": node.listen_addrs,
                                                    "peer_id": identity.peer_id, "pid": os.getpid(),
                                                    "metrics": peer_metrics.address,

@@ -138,9 +138,9 @@ def test_threads_share_the_store(store: Store) -> None:
 
 def test_blobs(store: Store) -> None:
     data = os.urandom(3000)
-    digest = store.put_blob(data)
+    digest = store.put_blob(data, kind="fisher")
     assert digest == hashlib.sha256(data).hexdigest()
-    assert store.put_blob(data) == digest  # idempotent
+    assert store.put_blob(data, kind="fisher") == digest  # idempotent
     path = store.blob_path(digest)
     assert path == store.home / "blobs" / digest[:2] / digest
     assert store.has_blob(digest) and store.blob_size(digest) == 3000
@@ -154,7 +154,7 @@ def test_blobs(store: Store) -> None:
     assert store.blob_size(missing) is None
     with pytest.raises(FileNotFoundError):
         store.open_blob(missing)
-    assert store.put_blob(b"") == hashlib.sha256(b"").hexdigest()
+    assert store.put_blob(b"", kind="fisher") == hashlib.sha256(b"").hexdigest()
 
 
 def test_blob_digest_is_validated(store: Store) -> None:
@@ -165,11 +165,11 @@ def test_blob_digest_is_validated(store: Store) -> None:
 
 def test_damaged_blob_is_rewritten_by_put(store: Store) -> None:
     data = b"fisher" * 1000
-    digest = store.put_blob(data)
+    digest = store.put_blob(data, kind="fisher")
     store.blob_path(digest).write_bytes(b"garbage")
     assert not store.verify_blob(digest)
     assert store.get_blob(digest) == b"garbage"  # reads do not hide damage; callers verify
-    assert store.put_blob(data) == digest
+    assert store.put_blob(data, kind="fisher") == digest
     assert store.get_blob(digest) == data
 
 
@@ -177,9 +177,9 @@ def test_put_blob_file_streams(store: Store, tmp_path: Path) -> None:
     src = tmp_path / "big.bin"
     data = os.urandom(3 * (1 << 20) + 17)
     src.write_bytes(data)
-    digest = store.put_blob_file(src)
+    digest = store.put_blob_file(src, kind="data")
     assert digest == hashlib.sha256(data).hexdigest() and store.get_blob(digest) == data
-    assert store.put_blob_file(src) == digest
+    assert store.put_blob_file(src, kind="data") == digest
     assert list((store.blob_root / "incoming").iterdir()) == []
 
 
