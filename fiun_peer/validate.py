@@ -146,8 +146,6 @@ def check_data(x: Tensor, y: Tensor, spec: Architecture) -> None:
                            f"{list(spec.in_shape)}")
     if not bool(torch.isfinite(x).all()):
         raise PublishError("data 'x' holds NaN or Inf")
-    if y.dtype == torch.bool:
-        raise PublishError("data 'y' must hold integer labels, not booleans")
     lo, hi = int(y.min()), int(y.max())
     if lo < 0 or hi >= spec.num_classes:
         raise PublishError(f"data labels must be in 0..{spec.num_classes - 1} (the head has {spec.num_classes} "
