@@ -210,6 +210,9 @@ async def serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str =
         news: a new peer, a changed hello, a restart), with its Sync call (``sender`` None) or from a
         third peer's list (``catch_up`` False: no sync at once; with N peers learning of N peers at
         a start that would be O(N^2) syncs, and the anti-entropy rounds get there)."""
+        if peer_auth is not None and not peer_auth.allows(_hello_key(blob)):  # a closed network: not one of us
+            store.incr("hello_refused")
+            return
         learned = agent.learn_peer(blob)
         if not learned or push_nursery is None:
             return
@@ -284,11 +287,17 @@ async def serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str =
                 nursery.start_soon(sync_round, chosen)
                 nursery.start_soon(exchange_peers, chosen[0])
 
+    def allow_p2p(peer_id: str) -> bool:
+        if peer_auth is None or peer_auth.allows_peer_id(peer_id):
+            return True
+        store.incr("p2p_refused")
+        return False
+
     node = GossipNode(identity.libp2p_keypair(), p2p_listen, on_message=on_message, on_hello=on_hello,
                       bootstrap=maddrs, announce=hello, advertise_addrs=list(advertise_p2p or []),
                       # No replies and no periodic hello: a newcomer announces itself once (on its
                       # first connection), then peers learn of each other by Sync and Peers calls.
-                      config=GossipConfig(hello_replies=False, hello_interval=None))
+                      config=GossipConfig(hello_replies=False, hello_interval=None), allow_peer=allow_p2p)
 
     def gossip_sample() -> tuple[int, int]:  # for the metrics scrape thread
         def sample() -> tuple[int, int]:
@@ -342,6 +351,14 @@ async def _stop_on_signal(signals, scope: trio.CancelScope) -> None:
         log.info("stopping", extra={"event": "peer_stopping", "signal": signal.Signals(sig).name})
         scope.cancel()
         return
+
+
+def _hello_key(blob: bytes) -> str:
+    """The public key a hello claims, or "" (the agent counts malformed hellos itself)."""
+    try:
+        return str(json.loads(blob)["public_key"])
+    except (ValueError, KeyError, TypeError):
+        return ""
 
 
 def _peer_id_of(p2p_addrs: list[str]) -> str:

@@ -19,8 +19,9 @@ the same peer. It authenticates, it does not encrypt: use TLS against eavesdropp
 
 No header or an invalid one: UNAUTHENTICATED; a valid signature by a key not on the list:
 PERMISSION_DENIED. Peers sign every call they make (``with_signer``), so a network can be closed
-one peer at a time. The libp2p side is not restricted by this list (see docs/security.md): gossip
-carries only signed records, which anyone may read.
+one peer at a time. The same list closes the libp2p side: a connection from a peer id that is not
+on it is closed as soon as it is up (the Noise handshake has proven the id), and hellos naming
+other keys are ignored, so the peer neither gossips with nor dials outsiders.
 """
 
 from __future__ import annotations
@@ -150,9 +151,19 @@ class PeerAuth:
             return grpc.StatusCode.UNAUTHENTICATED, f"{HEADER}: the signature does not verify for this call"
         if not self._fresh(f"{key}:{nonce}", now):
             return grpc.StatusCode.UNAUTHENTICATED, f"{HEADER}: this signed call was already used"
-        if key != self.own_key and key not in self.allow.keys:
+        if not self.allows(key):
             return grpc.StatusCode.PERMISSION_DENIED, f"key {key[:16]}... is not on this peer's allow list"
         return None
+
+    def allows(self, key: str) -> bool:
+        return key == self.own_key or key in self.allow.keys
+
+    def allows_peer_id(self, peer_id: str) -> bool:
+        """For libp2p connections: the peer id holds the key (Ed25519 ids embed it)."""
+        try:
+            return self.allows(key_of_peer_id(peer_id))
+        except AllowListError:
+            return False
 
     def _fresh(self, nonce: str, now: float) -> bool:
         with self._lock:

@@ -17,14 +17,17 @@ import re
 import stat
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
 import torch
+import trio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from fiun_peer.gossip import GossipError, GossipNode
 from fiun_peer.identity import Identity
 from fiun_peer.models import build_model
 from fiun_peer.peer_auth import HEADER, sign_call
@@ -97,6 +100,11 @@ def net(tmp_path_factory):
         done = cluster.wait_request(alice, "forget-3", timeout=120)
         assert {m.model_id: m.state for m in done.models} == {"g": "applied", "a": "applied"}
         cluster.wait_request(bob, "forget-3", timeout=60)
+        for peer in (alice, bob):  # later versions travel by anti-entropy: wait until both hold all 8
+            deadline = time.monotonic() + 60
+            while peer.admin.Status(admin_pb2.StatusRequest(), timeout=10).records < 8:
+                assert time.monotonic() < deadline, f"{peer.name} does not hold all 8 records"
+                time.sleep(0.2)
         records = [parse_record(e) for e in sync_records(alice.grpc, [])]
         yield Net(alice, bob, files, {m.new_digest for m in done.models},
                   {r.predicate["fisher_digest"] for r in records if r.kind == "announcement"})
@@ -270,3 +278,28 @@ def test_the_three_bad_publications_are_refused_by_a_real_peer(net: Net) -> None
     after = net.alice.admin.Status(admin_pb2.StatusRequest(), timeout=10)
     assert after.records == before.records and "bad" not in after.models
     assert after.counters["admin_invalid_argument"] == before.counters.get("admin_invalid_argument", 0) + 3
+
+
+def test_a_closed_peer_closes_libp2p_connections_from_outsiders(net: Net) -> None:
+    """The allow list closes the gossip side too: an outsider's libp2p connection (its peer id
+    proven by Noise) is closed at once, so it neither hears nor injects gossip there."""
+    bob_id = net.bob.admin.Status(admin_pb2.StatusRequest(), timeout=10).peer_id
+
+    async def dial() -> bool:
+        node = GossipNode(STRANGER.libp2p_keypair(), "/ip4/127.0.0.1/tcp/0")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+            try:
+                await node.connect(net.bob.p2p[0])
+            except GossipError:
+                pass                                    # closed while the dial was still settling
+            with trio.move_on_after(30):
+                while bob_id in node.connected_peers():
+                    await trio.sleep(0.1)
+            closed = bob_id not in node.connected_peers()
+            nursery.cancel_scope.cancel()
+        return closed
+
+    assert trio.run(dial)
+    assert net.bob.admin.Status(admin_pb2.StatusRequest(), timeout=10).counters["p2p_refused"] >= 1
+    assert net.bob.admin.Status(admin_pb2.StatusRequest(), timeout=10).connected_peers >= 1   # alice still is
