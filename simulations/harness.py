@@ -122,7 +122,7 @@ def _observe(stage: Stage, cfg: SimConfig, opts: NetworkOptions, groups: list[li
             settings_json=json.dumps(cfg.settings.to_dict(), sort_keys=True)), timeout=60)
         done = cluster.wait_request(submitter, rid, timeout=opts.timeout, on_progress=progress.request)
         t_done = time.time()
-        progress.phase("fetching the new versions from their owners")
+        progress.phase("exporting the new versions from their owners (their admin credentials)")
         per_model = {}
         for m in done.models:
             owner = owners[m.model_id]
