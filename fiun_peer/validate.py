@@ -1,11 +1,11 @@
 """What PublishModel accepts: bounds and checks that run before anything is built, stored or signed.
 
 A bad publication must be refused with the reason (the admin API answers INVALID_ARGUMENT) and leave
-nothing behind. The architecture is checked on torch's ``meta`` device first: the zoo model is built
-and run on one sample there, which costs no memory, so its parameter count and the size of its
-largest activation are known before a real tensor is allocated (an ``in_shape`` of 1x2^20x2^20 once
-tried to allocate 562 TB). Then the weights must match that model exactly and be finite, and the
-data must fit its input and its head.
+nothing behind. The architecture is checked before a real tensor is allocated (an ``in_shape`` of
+1x2^20x2^20 once tried to allocate 562 TB): the input size from the shape, the largest layer output
+from the zoo's shapes (``fiun_peer.models.largest_output``), the parameter count from the model
+built on torch's ``meta`` device, which costs no memory. Then the weights must match that model
+exactly and be finite, and the data must fit its input and its head.
 
 Bounds (documented in docs/security.md and the AdminService reference):
 
@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from .models import MODELS, build_model
+from .models import MODELS, build_model, largest_output
 from .records import RELATIONS
 
 MAX_INPUT_ELEMENTS = 1 << 18
@@ -87,33 +87,22 @@ def check_architecture(arch: object) -> Architecture:
 
 
 def _dry_run(spec: Architecture) -> None:
-    """Build and run the model on the meta device: parameter count, activation sizes and shape
-    errors (an image too small for the CNN's pooling) without allocating any memory."""
+    """Parameter count (the model built on the meta device: no memory) and the largest layer output
+    (from the zoo's shapes), before any real tensor exists."""
+    try:
+        largest = largest_output(spec.model, spec.in_shape, spec.num_classes)
+    except ValueError as exc:
+        raise PublishError(f"{spec.model} cannot take inputs of shape {list(spec.in_shape)}: {exc}") from None
+    if largest > MAX_ACTIVATION_ELEMENTS:
+        raise PublishError(f"{spec.model} with in_shape {list(spec.in_shape)} makes a layer output of "
+                           f"{largest:,} numbers per sample, more than the {MAX_ACTIVATION_ELEMENTS:,} "
+                           "this peer accepts")
     with torch.device("meta"):
         model = build_model(spec.model, spec.in_shape, spec.num_classes, seed=0)
     params = sum(p.numel() for p in model.parameters())
     if params > MAX_PARAMETERS:
         raise PublishError(f"{spec.model} with in_shape {list(spec.in_shape)} and {spec.num_classes} classes has "
                            f"{params:,} parameters, more than the {MAX_PARAMETERS:,} this peer accepts")
-    largest = [0]
-
-    def watch(module: nn.Module, inputs: object, output: object) -> None:
-        if isinstance(output, Tensor):
-            largest[0] = max(largest[0], output.numel())
-
-    hooks = [m.register_forward_hook(watch) for m in model.modules()]
-    try:
-        with torch.no_grad():
-            model.eval()(torch.empty((1, *spec.in_shape), device="meta"))
-    except (RuntimeError, ValueError) as exc:
-        raise PublishError(f"{spec.model} cannot take inputs of shape {list(spec.in_shape)}: {exc}") from None
-    finally:
-        for h in hooks:
-            h.remove()
-    if largest[0] > MAX_ACTIVATION_ELEMENTS:
-        raise PublishError(f"{spec.model} with in_shape {list(spec.in_shape)} makes a layer output of "
-                           f"{largest[0]:,} numbers per sample, more than the {MAX_ACTIVATION_ELEMENTS:,} "
-                           "this peer accepts")
 
 
 def check_weights(state: Mapping[str, Tensor], expected: Mapping[str, Tensor]) -> None:

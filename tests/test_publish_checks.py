@@ -14,7 +14,7 @@ import torch
 from security_support import AgentHost
 
 from fiun_peer import validate
-from fiun_peer.models import build_model
+from fiun_peer.models import build_model, largest_output
 from fiun_peer.rpc.channel import open_channel
 from fiun_peer.rpc.generated.fiun.v1 import admin_pb2, admin_pb2_grpc
 from fiun_peer.tensors import to_bytes
@@ -134,3 +134,25 @@ def test_bounds_are_what_the_docs_say(monkeypatch) -> None:
     monkeypatch.setattr(validate, "MAX_PARAMETERS", 10_000)
     with pytest.raises(validate.PublishError, match="parameters, more than the 10,000"):
         check_architecture(ARCH)
+
+
+@pytest.mark.parametrize("name,shape,classes", [
+    ("mlp", (1, 8, 8), 10), ("mlp", (300,), 7), ("mlp", (2, 3), 500), ("cnn", (1, 2, 2), 10),
+    ("cnn", (3, 8, 12), 10), ("cnn", (2, 5, 3), 300), ("resnet", (1, 1, 1), 10), ("resnet", (3, 7, 9), 10)])
+def test_largest_output_is_what_a_real_forward_pass_makes(name: str, shape: tuple[int, ...], classes: int) -> None:
+    """The bound is computed from the zoo's shapes, not by running the model: check it against a run."""
+    model = build_model(name, shape, classes, seed=0).eval()
+    sizes: list[int] = []
+    hooks = [m.register_forward_hook(lambda m, i, o: sizes.append(o.numel())) for m in model.modules()]
+    with torch.no_grad():
+        model(torch.rand(1, *shape))
+    for h in hooks:
+        h.remove()
+    assert largest_output(name, shape, classes) == max(sizes)
+
+
+def test_a_cnn_too_small_for_its_pooling_is_refused_like_torch_would() -> None:
+    with pytest.raises(RuntimeError):
+        build_model("cnn", (1, 1, 4), 10, seed=0).eval()(torch.rand(1, 1, 1, 4))
+    with pytest.raises(ValueError, match="at least 2x2"):
+        largest_output("cnn", (1, 1, 4), 10)
