@@ -156,3 +156,25 @@ def test_a_cnn_too_small_for_its_pooling_is_refused_like_torch_would() -> None:
         build_model("cnn", (1, 1, 4), 10, seed=0).eval()(torch.rand(1, 1, 1, 4))
     with pytest.raises(ValueError, match="at least 2x2"):
         largest_output("cnn", (1, 1, 4), 10)
+
+
+def test_an_own_model_from_before_issue_14_still_finds_its_data(tmp_path) -> None:
+    """Its version-1 record names the data (accepted, ignored for everyone else) and its local state
+    does not: the owner falls back to the record, so old models can still be unlearned."""
+    from fiun_peer import records as R
+    from fiun_peer.agent import Agent
+    from fiun_peer.identity import Identity
+    from fiun_peer.store import Store
+
+    me = Identity.generate("me")
+    with Store(tmp_path) as store:
+        agent = Agent(me, store, publish=None, fetch_blob=None)
+        weights_digest = store.put_blob(weights(), kind="weights")
+        data_digest = store.put_blob(data(), kind="data")
+        predicate = {"model_id": "old", "version": 1, "parents": [], "relation": "root", "labels": list(range(10)),
+                     "head_tensors": ["head.weight", "head.bias"], "architecture": ARCH, "previous_digest": None,
+                     "model_fisher_digests": {}, "data_digest": data_digest}
+        legacy = R.sign_statement(me, R.LINEAGE_V1, "model:old", weights_digest, predicate)
+        assert agent.ingest(legacy.envelope, source="test")[2] == "accepted"
+        store.put_state("model:old", {"digest": weights_digest, "version": 1, "original": weights_digest})
+        assert agent._data_digest("old") == data_digest
