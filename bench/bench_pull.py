@@ -25,6 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_timing import interleaved, machine, median, paired_ratio, summary, write_json  # noqa: E402
 
+from fiun_peer.identity import Identity  # noqa: E402
+from fiun_peer.records import build_announcement  # noqa: E402
 from fiun_peer.rpc.fisher_service import FisherServicer, fetch_blob  # noqa: E402
 from fiun_peer.rpc.server import make_server  # noqa: E402
 from fiun_peer.store import Store  # noqa: E402
@@ -77,7 +79,11 @@ def bench_size(size: int, *, seed: int, rounds: int, home: Path) -> dict:
     server.start()
     raw = RawSender(data)
     try:
-        digest = store.put_blob(data)
+        # Peers are served Fishers that an announcement names, so the blob is stored as one.
+        digest = store.put_blob(data, kind="fisher")
+        store.add_record(build_announcement(Identity.from_seed(bytes(32), "bench"), request_id="bench", model_id="m",
+                                            model_digest="0" * 64, fisher_digest=digest, shapes={"weight": [1]},
+                                            estimator="empirical", labels=[0]))
         target = f"127.0.0.1:{port}"
         got_grpc, got_raw = fetch_blob(target, digest), raw.pull()
         equal = got_grpc == data and got_raw == data

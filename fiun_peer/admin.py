@@ -13,7 +13,8 @@ import grpc
 
 from .agent import Agent, AgentError, NotFound
 from .bridge import BridgeClosed, TrioBridge
-from .records import RecordError
+from .policy import blob_refusal
+from .records import RecordError, sha256_hex
 from .rpc.generated.fiun.v1 import admin_pb2, admin_pb2_grpc
 from .tensors import TensorFileError
 
@@ -58,9 +59,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             arch = json.loads(request.architecture_json or "null")
         except json.JSONDecodeError as exc:
             raise AgentError(f"architecture_json is not JSON: {exc}") from exc
-        if not isinstance(arch, dict):
-            raise AgentError('architecture_json must be an object like {"model":"mlp","in_shape":[1,8,8],'
-                             '"num_classes":10}')
         if not request.weights or not request.data:
             raise AgentError("weights and data (safetensors bytes) are both required")
         call = functools.partial(self._agent.publish_model, model_id=request.model_id, weights=request.weights,
@@ -69,6 +67,26 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                                  head_tensors=list(request.head_tensors))
         digest, record_id = self._bridge.call(call)
         return admin_pb2.PublishModelReply(model_id=request.model_id, model_digest=digest, record_id=record_id)
+
+    @_guard
+    def ExportModel(self, request, context):
+        # The interceptor has checked the admin credential: this is the owner asking.
+        call = functools.partial(self._agent.export_target, request.model_id, digest=request.model_digest,
+                                 version=request.version)
+        digest, version = self._bridge.call_sync(call)
+        store = self._agent.store
+        refusal = blob_refusal(store.blob_kinds(digest), "owner", announced=False)
+        if refusal:  # e.g. a store migrated from before blob kinds that could not name this blob
+            raise NotFound(f"version {version} of {request.model_id} ({digest[:12]}): {refusal}")
+        weights = store.get_blob(digest)  # read here, in the gRPC thread, not on the agent's loop
+        if weights is None:
+            raise NotFound(f"version {version} of {request.model_id} ({digest[:12]}) is missing from this peer's store")
+        if sha256_hex(weights) != digest:  # not the caller's fault, and not to be handed out as if it were fine
+            context.abort(grpc.StatusCode.DATA_LOSS, f"version {version} of {request.model_id} ({digest[:12]}) "
+                                                     "is damaged in this peer's store")
+        self._count("models_exported")
+        return admin_pb2.ExportModelReply(model_id=request.model_id, model_digest=digest, version=version,
+                                          weights=weights)
 
     @_guard
     def ListLineage(self, request, context):

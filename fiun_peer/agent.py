@@ -25,7 +25,7 @@ import trio
 
 from . import faults
 from .bridge import run_in_worker
-from .core.fiun import FIUnSettings
+from .core.fiun import FIUnSettings, check_fisher
 from .identity import Identity
 from .lineage import LineageView, add_version, build_view
 from .models import build_model
@@ -37,13 +37,16 @@ from .records import (
     build_lineage,
     build_receipt,
     build_request,
+    is_digest,
     is_valid_id,
     parse_record,
     record_id_of,
+    sha256_hex,
 )
 from .store import Store
 from .tensors import TensorFileError, from_bytes, load_dataset_bytes, to_bytes
 from .unlearn import apply_fiun, head_tensor_names, node_model_fisher, node_unlearning_fisher
+from .validate import PublishError, check_architecture, check_data, check_labels, check_parents, check_weights
 
 log = logging.getLogger("fiun_peer.agent")
 #: Fisher pulls in flight at once for one model (an aggregate pulls one per discovery ancestor). On a
@@ -104,6 +107,10 @@ def load_model(architecture: dict[str, Any], weights: bytes) -> torch.nn.Module:
         raise AgentError(f"architecture {architecture!r} is not a known model: {exc}") from exc
     state = from_bytes(weights, what="weights")
     try:
+        check_weights(state, model.state_dict())
+    except PublishError as exc:
+        raise AgentError(str(exc)) from None
+    try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise AgentError(f"weights do not fit architecture {architecture.get('model')!r}: {exc}") from exc
@@ -135,6 +142,7 @@ class Agent:
         # (request id, own model) with nothing left to do, skipped by reconcile: without it every
         # pass re-read the state of every request this peer ever saw (1,000 of them: 24 ms a pass).
         self._settled: set[tuple[str, str]] = set()
+        self._publishing: set[str] = set()       # model ids whose PublishModel is still computing
         # on_applied(apply seconds, seconds since the request was received): the metrics hook.
         self.on_applied: Callable[[float, float], None] | None = None
 
@@ -282,45 +290,114 @@ class Agent:
     async def publish_model(self, *, model_id: str, weights: bytes, data: bytes, parents: list[tuple[str, str]],
                             labels: list[int], architecture: dict[str, Any],
                             head_tensors: list[str]) -> tuple[str, str]:
-        """Register a model version: store weights and data, compute F_j (Eq. 4) now, sign and
-        gossip the lineage record. Returns (model digest, record id)."""
+        """Register a model version: check everything, compute F_j (Eq. 4) now, sign the lineage
+        record, then store weights, data and F_j and publish the record. Returns (model digest,
+        record id). Any bad input raises AgentError before anything is stored or signed."""
         if not is_valid_id(model_id):
             raise AgentError(f"model id {model_id!r} must match [A-Za-z0-9][A-Za-z0-9._-]* (max 128)")
         if self.view.owner(model_id) is not None:
             raise AgentError(f"model {model_id!r} already exists; unlearning creates new versions itself")
+        if model_id in self._publishing:  # the check above cannot see a publication still computing F_j
+            raise AgentError(f"model {model_id!r} is being published by another call")
+        self._publishing.add(model_id)
+        try:
+            return await self._publish_model(model_id, weights, data, parents, labels, architecture, head_tensors)
+        except PublishError as exc:
+            raise AgentError(str(exc)) from None
+        finally:
+            self._publishing.discard(model_id)
+
+    async def _publish_model(self, model_id: str, weights: bytes, data: bytes, parents: list[tuple[str, str]],
+                             labels: list[int], architecture: dict[str, Any],
+                             head_tensors: list[str]) -> tuple[str, str]:
+        check_parents(model_id, parents)
         parent_refs = []
         for pid, relation in parents:
             if self.view.owner(pid) is None:
-                raise AgentError(f"unknown parent model {pid!r} (has its lineage reached this peer?)")
+                raise AgentError(f"unknown parent model {pid[:128]!r} (has its lineage reached this peer?)")
             parent_refs.append({"model_id": pid, "digest": self._original_digest(pid), "relation": relation})
-        model = load_model(architecture, weights)
+        spec = check_architecture(architecture)   # before any real tensor is allocated
+        check_labels(labels, spec)
+        model = load_model(spec.to_dict(), weights)
         try:
             x, y = load_dataset_bytes(data)
         except TensorFileError as exc:
             raise AgentError(str(exc)) from exc
+        check_data(x, y, spec)
         names = head_tensor_names(model)
         if head_tensors and list(head_tensors) != names:
-            raise AgentError(f"head tensors {head_tensors} are not the model's last Linear layer {names}")
+            raise AgentError(f"head tensors {list(head_tensors)[:8]} are not the model's last Linear layer {names}")
         present = sorted({int(c) for c in y.tolist()})
         if labels and not set(present) <= set(labels):
             raise AgentError(f"data holds labels {present} outside the declared label set {sorted(labels)}")
         labels = sorted(set(labels) if labels else present)
         s = self.defaults
         mf = await run_in_worker(node_model_fisher, model, x, y, s)
-        weights_digest = self.store.put_blob(weights)
-        data_digest = self.store.put_blob(data)
-        mf_digest = self.store.put_blob(to_bytes(mf))
+        try:
+            check_fisher(mf, name="model Fisher")
+        except ValueError as exc:  # finite weights and data can still overflow
+            raise AgentError(f"these weights give an unusable model Fisher on this data: {exc}") from None
+        mf_bytes = to_bytes(mf)
+        weights_digest, data_digest, mf_digest = (sha256_hex(b) for b in (weights, data, mf_bytes))
+        # Signed before anything is stored: a record that cannot be built (e.g. over the size limit)
+        # leaves nothing behind.
         rec = build_lineage(self.identity, model_id=model_id, model_digest=weights_digest, version=1,
                             parents=parent_refs, relation=parents[0][1] if parents else "root",
-                            labels=labels, head_tensors=names, architecture=architecture,
-                            model_fisher_digests={settings_key(s): mf_digest}, data_digest=data_digest)
+                            labels=labels, head_tensors=names, architecture=spec.to_dict(),
+                            model_fisher_digests={settings_key(s): mf_digest})
+        if self.view.owner(model_id) is not None:  # a lineage arrived while F_j was computed
+            raise AgentError(f"model {model_id!r} already exists; unlearning creates new versions itself")
+        self.store.put_blob(weights, kind="weights")
+        self.store.put_blob(data, kind="data")
+        self.store.put_blob(mf_bytes, kind="model_fisher")
         with self.store.transaction():
+            # The data digest stays here: lineage records no longer name it (docs/security.md).
             self.store.put_state(f"model:{model_id}", {"digest": weights_digest, "version": 1,
-                                                       "original": weights_digest})
+                                                       "original": weights_digest, "data": data_digest})
         await self.publish_record(rec)
         log.info("model published", extra={"event": "model_published", "model": model_id,
                                             "digest": weights_digest})
         return weights_digest, rec.record_id
+
+    def _data_digest(self, model_id: str) -> str:
+        """Our own data for ``model_id``: local state, or (stores from before issue 14) the digest its
+        version-1 lineage record still names."""
+        st = self.store.get_state(f"model:{model_id}") or {}
+        digest = st.get("data") or self.view.first[model_id].predicate.get("data_digest")
+        if not digest or not self.store.has_blob(digest):
+            raise AgentError(f"this peer does not hold the training data of {model_id}")
+        return digest
+
+    # -- admin: export ------------------------------------------------------------------------
+    def export_target(self, model_id: str, *, digest: str = "", version: int = 0) -> tuple[str, int]:
+        """(digest, version) of a version of a model this peer owns, for AdminService.ExportModel:
+        the current one, or the one named by ``digest`` or ``version``. The caller reads the blob
+        (outside the trio loop) after :func:`fiun_peer.policy.blob_refusal` allows it."""
+        if not is_valid_id(model_id):
+            raise AgentError(f"model id {model_id[:200]!r} must match [A-Za-z0-9][A-Za-z0-9._-]* (max 128)")
+        if digest and not is_digest(digest):
+            raise AgentError(f"digest must be 64 lowercase hex characters (sha256), got {digest[:80]!r}")
+        if digest and version:
+            raise AgentError("give a digest or a version, not both")
+        if version < 0:
+            raise AgentError(f"version must be >= 1 (0: the current one), got {version}")
+        me = self.identity.public_key_hex
+        current = self.store.get_state(f"model:{model_id}")
+        if self.view.owner(model_id) != me or current is None:
+            raise NotFound(f"this peer does not own model {model_id!r}; export it from its owner's peer")
+        versions = {r.predicate["version"]: r.subject_digest for r in self.store.records("lineage")
+                    if r.predicate["model_id"] == model_id and r.signer == me}
+        versions[current["version"]] = current["digest"]   # applied, its lineage record maybe not out yet
+        if digest:
+            found = [v for v, d in versions.items() if d == digest]
+            if not found:
+                raise NotFound(f"{digest} is not a version of model {model_id}")
+            return digest, max(found)
+        if version:
+            if version not in versions:
+                raise NotFound(f"model {model_id} has no version {version} (current: {current['version']})")
+            return versions[version], version
+        return current["digest"], current["version"]
 
     def _original_digest(self, model_id: str) -> str:
         return self.view.first[model_id].subject_digest
@@ -502,13 +579,18 @@ class Agent:
             problem = fisher_problem(fisher, own)
             if problem:
                 ann = announced[d]
-                why = (f"Fisher of {d} ({ann.predicate['fisher_digest'][:12]}, announced by {ann.signer[:16]}...) "
+                digest = ann.predicate["fisher_digest"]
+                why = (f"Fisher of {d} ({digest[:12]}, announced by {ann.signer[:16]}...) "
                        f"is unusable: {problem}; model {m} left untouched")
-                if st.get("why") != why:  # count and log once, not on every reconcile pass
+                counted = st.get("fisher_invalid", [])
+                if digest in counted:  # counted and logged once per (request, model, Fisher)
+                    self._set_why(key, st, why)
+                    return
+                with self.store.transaction():
                     self.store.incr("fisher_invalid")
-                    log.warning("fisher refused", extra={"event": "fisher_invalid", "request": rid, "model": d,
-                                                         "signer": ann.signer, "detail": problem})
-                self._set_why(key, st, why)
+                    self.store.put_state(key, {**st, "why": why, "fisher_invalid": [*counted, digest]})
+                log.warning("fisher refused", extra={"event": "fisher_invalid", "request": rid, "model": d,
+                                                     "signer": ann.signer, "detail": problem})
                 return
         faults.point("after_pull", f"{rid}:{m}")
         await self._apply(rid, m, st, lineage, fishers, s, cf)
@@ -527,12 +609,12 @@ class Agent:
                         s: FIUnSettings) -> None:
         """Discovery node: Eq. 3 on our own forget data, stored content-addressed, announced."""
         arch = lineage.predicate["architecture"]
-        weights, data = self.store.get_blob(base), self.store.get_blob(lineage.predicate["data_digest"])
+        weights, data = self.store.get_blob(base), self.store.get_blob(self._data_digest(m))
         model = load_model(arch, weights)
         x, y = load_dataset_bytes(data)
         t0 = time.perf_counter()
         fhat = await run_in_worker(node_unlearning_fisher, model, x, y, cf, s)
-        digest = self.store.put_blob(to_bytes(fhat))
+        digest = self.store.put_blob(to_bytes(fhat), kind="fisher")  # served once announced
         rec = build_announcement(self.identity, request_id=rid, model_id=m, model_digest=base,
                                  fisher_digest=digest, shapes={k: list(v.shape) for k, v in fhat.items()},
                                  estimator=s.estimator, labels=sorted(set(cf) & set(lineage.predicate["labels"])))
@@ -560,7 +642,7 @@ class Agent:
                     errors.append(f"{target}: {exc}")
             if data is None:
                 return None, f"could not fetch Fisher of {ann.predicate['model_id']}: {'; '.join(errors)}"
-            self.store.put_blob(data)
+            self.store.put_blob(data, kind="fisher")
             self.store.incr("fisher_bytes_pulled", len(data))
         try:
             fisher = from_bytes(data, what="Fisher")
@@ -579,9 +661,9 @@ class Agent:
         if digest and self.store.has_blob(digest):
             return from_bytes(self.store.get_blob(digest), what="model Fisher")
         model = load_model(lineage.predicate["architecture"], self.store.get_blob(base))
-        x, y = load_dataset_bytes(self.store.get_blob(lineage.predicate["data_digest"]))
+        x, y = load_dataset_bytes(self.store.get_blob(self._data_digest(lineage.predicate["model_id"])))
         mf = await run_in_worker(node_model_fisher, model, x, y, s)
-        cache[settings_key(s)] = self.store.put_blob(to_bytes(mf))
+        cache[settings_key(s)] = self.store.put_blob(to_bytes(mf), kind="model_fisher")
         self.store.put_state(f"mf:{lineage.predicate['model_id']}", cache)
         return mf
 
@@ -599,7 +681,7 @@ class Agent:
             self._set_why(f"req:{rid}:{m}", st, f"cannot apply: {exc}")
             self.store.incr("apply_failed")
             return
-        new_digest = self.store.put_blob(to_bytes(new_state))
+        new_digest = self.store.put_blob(to_bytes(new_state), kind="weights")
         faults.point("after_new_blob", f"{rid}:{m}")
         model_state = self.store.get_state(f"model:{m}")
         version = model_state["version"] + 1
@@ -622,8 +704,7 @@ class Agent:
         lineage = build_lineage(self.identity, model_id=m, model_digest=new, version=version,
                                 parents=first["parents"], relation=first["relation"], labels=first["labels"],
                                 head_tensors=first["head_tensors"], architecture=first["architecture"],
-                                model_fisher_digests=first["model_fisher_digests"],
-                                data_digest=first["data_digest"], previous_digest=old)
+                                model_fisher_digests=first["model_fisher_digests"], previous_digest=old)
         await self.publish_record(lineage)
         faults.point("after_lineage", f"{rid}:{m}")
         await self.publish_record(receipt)

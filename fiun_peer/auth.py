@@ -8,8 +8,11 @@ AdminService is the operator's control surface and needs a credential on every c
   common name is one of the admin names (``--admin-cn``, default ``fiun-admin``). Peer certificates
   from the same CA carry other names, so a peer can fetch Fishers but not drive another peer.
 
-No credential -> UNAUTHENTICATED; a wrong one -> PERMISSION_DENIED. FisherService and RecordService
-stay open to any peer (their data is public and self-verifying), and so does gRPC health.
+No credential -> UNAUTHENTICATED; a wrong one -> PERMISSION_DENIED. The admin credential is also
+the only way to a model's weights (AdminService.ExportModel). FisherService and RecordService are
+open by default (they serve signed records and announced Fishers only, see
+``fiun_peer.policy.blob_refusal``), or closed to a list of peer keys (``fiun_peer.peer_auth``);
+gRPC health stays open.
 
 gRPC's Python server cannot *ask* for a client certificate without requiring one, so with
 ``--tls-client-ca`` every client needs a CA-signed certificate; a peer presents its own

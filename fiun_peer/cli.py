@@ -27,7 +27,7 @@ gRPC, merges them (Eq. 5) and dampens its own last layer (Eq. 6). No coordinator
   fiun-peer init  --home HOME --name NAME          create the peer's Ed25519 key and admin token (0600)
   fiun-peer run   --home HOME [--config FILE] [--grpc H:P] [--p2p MULTIADDR] [--bootstrap ADDR ...]
                   [--metrics H:P]   every option also FIUN_<OPTION> and a key in HOME/config.toml
-  fiun-peer admin status | lineage | publish ... | unlearn ... [--home HOME | --target H:P --token-file F]
+  fiun-peer admin status | lineage | publish ... | export ... | unlearn ... [--home HOME | --target H:P --token-file F]
   fiun-peer health [--home HOME | --target H:P]    exit 0 when the daemon reports SERVING
 
 HOME is a directory, or a bare NAME for ~/.fiun/NAME (so keys stay out of your working tree); every
@@ -137,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mTLS: require client certificates signed by this CA (peers then present --tls-cert)")
     r.add_argument("--tls-ca", type=Path, metavar="PEM",
                    help="dial other peers over TLS, verifying their certificates against this CA")
+    r.add_argument("--allow-peers", type=Path, metavar="FILE",
+                   help="a closed network: only these peers may call record sync, push and Fisher pull. FILE holds "
+                        "one Ed25519 public key (64 hex) or libp2p peer id per line, # comments; callers sign each "
+                        "call with their peer key (default: open to anyone)")
 
     h = sub.add_parser("health", help="ask a daemon's gRPC health service; exit 0 when SERVING")
     h.add_argument("--target", metavar="HOST:PORT",
@@ -187,6 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--parents", nargs="*", type=_parent, default=[], metavar="MODEL[:RELATION]",
                      help="parent models with relation aggregate|finetune|incremental|distill|transfer")
     pub.add_argument("--labels", type=_labels, default=[], help="own label set (default: labels in --data)")
+    ex = action("export", "write the weights of a model version this peer owns to a file")
+    ex.add_argument("--model-id", required=True)
+    which = ex.add_mutually_exclusive_group()
+    which.add_argument("--version", type=int, default=0, help="the version number (default: the current version)")
+    which.add_argument("--digest", default="", help="the version's sha256 digest")
+    ex.add_argument("--out", required=True, type=Path, help="where to write the safetensors weights (mode 0600)")
     un = action("unlearn", "submit an unlearning request")
     un.add_argument("--labels", required=True, type=_labels, help="labels to forget, e.g. 2,9")
     un.add_argument("--id", default="", help="request id (default: generated); requests are idempotent by id")
@@ -287,7 +297,8 @@ def _main(argv: list[str] | None) -> int:
                 metrics=args.metrics, advertise_grpc=args.advertise_grpc, advertise_p2p=args.advertise_p2p,
                 effective_config=resolved.effective(),
                 sync_interval=args.sync_interval, requesters=args.requester, admin_cns=args.admin_cn,
-                tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca, tls_ca=args.tls_ca)
+                tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca, tls_ca=args.tls_ca,
+                allow_peers=args.allow_peers)
         except (IdentityError, AuthError, PolicyError, OSError, ValueError) as exc:
             print(f"fiun-peer: error: {exc}", file=sys.stderr)
             return 2
@@ -464,6 +475,16 @@ def _admin(args: argparse.Namespace) -> int:
             labels=args.labels, architecture_json=arch)
         r = stub.PublishModel(req, timeout=t)
         show(r, f"published {r.model_id} {r.model_digest}\n  record {r.record_id}")
+    elif args.action == "export":
+        from .files import write_atomic
+
+        if args.version < 0:
+            raise ValueError("--version must be >= 1 (or leave it out for the current version)")
+        r = stub.ExportModel(admin_pb2.ExportModelRequest(model_id=args.model_id, model_digest=args.digest,
+                                                          version=args.version), timeout=t)
+        write_atomic(args.out, r.weights)  # 0600: the weights are the owner's
+        r_meta = admin_pb2.ExportModelReply(model_id=r.model_id, model_digest=r.model_digest, version=r.version)
+        show(r_meta, f"exported {r.model_id} v{r.version} {r.model_digest}\n  to {args.out} ({len(r.weights)} bytes)")
     elif args.action == "unlearn":
         r = stub.RequestUnlearning(admin_pb2.RequestUnlearningRequest(
             forget_labels=args.labels, settings_json=args.settings, request_id=args.id), timeout=t)

@@ -34,6 +34,7 @@ from .identity import Identity
 from .join import join_via, split_bootstrap
 from .metrics import GossipView, PeerMetrics, parse_bind
 from .pacing import SyncPacer, with_retries
+from .peer_auth import AllowList, PeerAuth
 from .policy import RequesterPolicy
 from .rpc.channel import ChannelPool
 from .rpc.fisher_service import FisherServicer, fetch_blob
@@ -80,11 +81,14 @@ async def _serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str 
                 requesters: list[str] | None = None, admin_cns: list[str] | None = None,
                 tls_cert: Path | None = None, tls_key: Path | None = None, tls_client_ca: Path | None = None,
                 tls_ca: Path | None = None, metrics: str = "", advertise_grpc: str = "",
-                advertise_p2p: list[str] | None = None, effective_config: dict | None = None) -> None:
-    """``bootstrap`` entries are multiaddrs ending in /p2p/ID or
+                advertise_p2p: list[str] | None = None, allow_peers: Path | None = None,
+                effective_config: dict | None = None) -> None:
+    """Run one peer until SIGTERM/SIGINT. ``bootstrap`` entries are multiaddrs ending in /p2p/ID or
     gRPC ``host:port`` addresses of peers (see ``fiun_peer.join``); ``metrics`` is ``HOST:PORT`` for a
     Prometheus endpoint (empty: none); ``advertise_*`` are the addresses other peers should use when
-    the bind addresses are not reachable as such (0.0.0.0 in a container)."""
+    the bind addresses are not reachable as such (0.0.0.0 in a container); ``allow_peers`` is a file
+    of the peer keys that may call RecordService and FisherService (None: anyone; see
+    ``fiun_peer.peer_auth``)."""
     torch.set_num_threads(1)  # the same thread count as the centralized reference: same bits
     maddrs, grpc_targets = split_bootstrap(list(bootstrap or []))
     if metrics:
@@ -93,6 +97,7 @@ async def _serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str 
     # Security settings first: a peer that cannot authenticate its admin API must not start.
     admin_auth = AdminAuth(token=ensure_token(home), admin_cns=frozenset(admin_cns or [DEFAULT_ADMIN_CN]))
     requester_policy = RequesterPolicy.of(requesters or [])
+    peer_auth = PeerAuth(AllowList.from_file(allow_peers), own_key=identity.public_key_hex) if allow_peers else None
     if (tls_cert is None) != (tls_key is None):
         raise AuthError("TLS needs both --tls-cert and --tls-key")
     if tls_client_ca is not None and tls_cert is None:
@@ -107,7 +112,9 @@ async def _serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str 
 
     push_nursery: trio.Nursery | None = None
     push_slots = trio.CapacityLimiter(PUSH_PARALLEL)
-    channels = ChannelPool(tls=client_tls)  # one per peer, for pushes, syncs and Fisher pulls
+    # One per peer, for pushes, syncs and Fisher pulls; every call signed with our key, which peers
+    # with an allow list require.
+    channels = ChannelPool(tls=client_tls, identity=identity)
     sync_slots = trio.CapacityLimiter(SYNC_PARALLEL)
 
     async def push_to(target: str, data: bytes, retries: tuple[float, ...] = ()) -> None:
@@ -177,7 +184,7 @@ async def _serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str 
 
     server, port = make_server(grpc_bind, AdminServicer(agent, bridge, status), FisherServicer(store),
                                RecordServicer(store, on_push, identify, on_sync_hello, peer_list), health_servicer=health_servicer,
-                               tls=server_tls, admin_auth=admin_auth, count=store.incr)
+                               tls=server_tls, admin_auth=admin_auth, peer_auth=peer_auth, count=store.incr)
     grpc_address = advertise_grpc or _reachable(grpc_bind, port)
     server.start()
     hello_info = {"grpc": grpc_address, "public_key": identity.public_key_hex, "name": identity.name}
@@ -218,6 +225,9 @@ async def _serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str 
         news: a new peer, a changed hello, a restart), with its Sync call (``sender`` None) or from a
         third peer's list (``catch_up`` False: no sync at once; with N peers learning of N peers at
         a start that would be O(N^2) syncs, and the anti-entropy rounds get there)."""
+        if peer_auth is not None and not peer_auth.allows(_hello_key(blob)):  # a closed network: not one of us
+            store.incr("hello_refused")
+            return
         learned = agent.learn_peer(blob)
         if not learned or push_nursery is None:
             return
@@ -292,11 +302,17 @@ async def _serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str 
                 nursery.start_soon(sync_round, chosen)
                 nursery.start_soon(exchange_peers, chosen[0])
 
+    def allow_p2p(peer_id: str) -> bool:
+        if peer_auth is None or peer_auth.allows_peer_id(peer_id):
+            return True
+        store.incr("p2p_refused")
+        return False
+
     node = GossipNode(identity.libp2p_keypair(), p2p_listen, on_message=on_message, on_hello=on_hello,
                       bootstrap=maddrs, announce=hello, advertise_addrs=list(advertise_p2p or []),
                       # No replies and no periodic hello: a newcomer announces itself once (on its
                       # first connection), then peers learn of each other by Sync and Peers calls.
-                      config=GossipConfig(hello_replies=False, hello_interval=None))
+                      config=GossipConfig(hello_replies=False, hello_interval=None), allow_peer=allow_p2p)
 
     def gossip_sample() -> tuple[int, int]:  # for the metrics scrape thread
         def sample() -> tuple[int, int]:
@@ -325,7 +341,7 @@ async def _serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str 
                 for target in grpc_targets:
                     nursery.start_soon(functools.partial(
                         join_via, target, own_peer_id=identity.peer_id, connected=node.connected_peers,
-                        connect=node.connect, identify=functools.partial(identify_peer, tls=client_tls)))
+                        connect=node.connect, identify=lambda t: identify_peer(channels.get(t))))
                 write_atomic(run_file, json.dumps({"grpc": grpc_address, "p2p": node.listen_addrs,
                                                    "peer_id": identity.peer_id, "pid": os.getpid(),
                                                    "metrics": peer_metrics.address,
@@ -350,6 +366,14 @@ async def _stop_on_signal(signals, scope: trio.CancelScope) -> None:
         log.info("stopping", extra={"event": "peer_stopping", "signal": signal.Signals(sig).name})
         scope.cancel()
         return
+
+
+def _hello_key(blob: bytes) -> str:
+    """The public key a hello claims, or "" (the agent counts malformed hellos itself)."""
+    try:
+        return str(json.loads(blob)["public_key"])
+    except (ValueError, KeyError, TypeError):
+        return ""
 
 
 def _peer_id_of(p2p_addrs: list[str]) -> str:

@@ -35,6 +35,9 @@ py-libp2p 0.8.1 traps this module works around (see DESIGN.md "Measured on this 
 * The swarm's AutoConnector dials every peer it has an address for (up to 200 connections), which
   turns N peers into a full mesh; it is kept from starting (``_disable_auto_connect``).
 Gossip is best effort all the same: the agent's anti-entropy sync must repair any gap.
+
+``allow_peer`` (a closed network, ``--allow-peers``): a connection from a peer id it refuses is
+closed as soon as it is up; the Noise handshake has proven the id by then.
 """
 
 from __future__ import annotations
@@ -236,6 +239,7 @@ class GossipNode:
         announce: bytes | None = None,
         advertise_addrs: Sequence[str] = (),
         config: GossipConfig | None = None,
+        allow_peer: Callable[[str], bool] | None = None,
     ) -> None:
         if topic == HELLO_TOPIC:
             raise ValueError(f"topic {HELLO_TOPIC!r} is reserved for hello announcements")
@@ -246,6 +250,8 @@ class GossipNode:
         self._on_message = on_message
         self._on_peer_connected = on_peer_connected
         self._on_hello = on_hello
+        # A closed network (``--allow-peers``): a connection from any other peer id is closed at once.
+        self._allow_peer = allow_peer
         for addr in bootstrap:
             info_from_p2p_addr(multiaddr.Multiaddr(addr))  # fail fast on a malformed address
         self._bootstrap = list(bootstrap)
@@ -278,6 +284,7 @@ class GossipNode:
             "hellos_malformed": 0,
             "dropped_inbound": 0,
             "callback_errors": 0,
+            "refused_peers": 0,
         }
 
     # ---- properties -----------------------------------------------------------------------
@@ -560,6 +567,9 @@ class GossipNode:
         if peer_id is None:
             return
         key = _peer_str(peer_id)
+        if up and self._allow_peer is not None and not self._allow_peer(key):
+            self._enqueue(("refuse", conn))  # closed from the dispatch task: not inside the swarm's callback
+            return
         conns = self._conns.setdefault(key, set())
         if up:
             first = not conns
@@ -582,6 +592,9 @@ class GossipNode:
                         await self._on_message(payload.data, _peer_str(ID(payload.from_id)))
                 elif kind == "hello":
                     await self._handle_hello(payload)
+                elif kind == "refuse":
+                    self.stats["refused_peers"] += 1
+                    await payload.close()
                 elif kind == "peer":
                     peer_id, conn = payload
                     nursery.start_soon(self._greet, peer_id)

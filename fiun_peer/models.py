@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -81,6 +83,23 @@ def build_model(name: str, in_shape: tuple[int, ...], num_classes: int, *, seed:
         return SmallResNet(in_shape, num_classes)
     finally:
         torch.random.set_rng_state(gen_state)
+
+
+def largest_output(name: str, in_shape: tuple[int, ...], num_classes: int) -> int:
+    """Numbers in the largest layer output of a zoo model for one sample, without building it; a
+    ValueError for inputs the model cannot take. (Running the model on torch's meta device would
+    tell too, but its first call costs seconds of imports in every peer process.)
+    tests/test_publish_checks.py checks these against a real forward pass."""
+    if name == "mlp":
+        return max(math.prod(in_shape), 128, num_classes)
+    c, h, w = in_shape
+    if name == "cnn":
+        if h < 2 or w < 2:  # MaxPool2d(2) needs at least 2x2
+            raise ValueError(f"the cnn needs images of at least 2x2 pixels, got {h}x{w}")
+        return max(64 * h * w, 256, num_classes)
+    if name == "resnet":
+        return max(32 * h * w, num_classes)
+    raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}")
 
 
 def head_name(model: nn.Module) -> str:

@@ -12,6 +12,9 @@ decide whether the signer is entitled to make it, from the records a peer alread
 
 A refusal is *deferred* when it may become acceptable as more records arrive (the model's lineage or
 the request has not reached this peer yet); anti-entropy sync offers the record again later.
+
+Which stored blobs leave the peer, and to whom, is decided here too (:func:`blob_refusal`), in one
+place for the blob service and the admin export.
 """
 
 from __future__ import annotations
@@ -117,6 +120,39 @@ def _lineage(rec: Record, view: LineageView) -> Refusal | None:
     return None
 
 
+# -- blobs ----------------------------------------------------------------------------------------
+
+#: Who may read a blob of each kind (``fiun_peer.store.BLOB_KINDS``): "peer" is any caller of
+#: FisherService.Fetch that the peer services admit (everyone, or the --allow-peers keys); "owner" is
+#: the holder of this peer's admin credential (AdminService.ExportModel). Model Fishers are not
+#: shared today; sharing them with peers is adding "peer" to their set. Training data goes to no one.
+BLOB_READERS: dict[str, frozenset[str]] = {
+    "fisher": frozenset({"peer"}),        # and only when a stored announcement names it
+    "model_fisher": frozenset(),          # not shared today
+    "weights": frozenset({"owner"}),
+    "data": frozenset(),                  # never leaves the peer
+}
+READERS = ("peer", "owner")
+
+
+def blob_refusal(kinds: Iterable[str], reader: str, *, announced: bool) -> str:
+    """Why a blob stored with ``kinds`` may not go to ``reader`` ("peer" or "owner"), or "" when it
+    may. A blob stored under several kinds is served only when every one of them allows it (the
+    most private kind wins); one without a kind is never served."""
+    if reader not in READERS:
+        raise ValueError(f"unknown blob reader {reader!r}")
+    kinds = sorted(set(kinds))
+    if not kinds:
+        return "this peer does not serve blobs of unknown kind"
+    for kind in kinds:
+        if reader not in BLOB_READERS.get(kind, frozenset()):
+            who = {"peer": "to peers", "owner": "through the admin API"}[reader]
+            return f"this peer does not serve {kind.replace('_', ' ')} blobs {who}"
+    if "fisher" in kinds and reader == "peer" and not announced:
+        return "this peer serves only Fishers named in a Fisher announcement"
+    return ""
+
+
 def fisher_problem(fisher: Mapping[str, Tensor], expected: Mapping[str, Tensor]) -> str:
     """Why a pulled unlearning Fisher cannot be merged into this peer's head, or "" when it can:
     same tensor names, shapes and dtypes as the receiver's own model Fisher, finite, non-negative."""
@@ -128,8 +164,8 @@ def fisher_problem(fisher: Mapping[str, Tensor], expected: Mapping[str, Tensor])
             return f"{k} has shape {list(got.shape)}, this model's head needs {list(want.shape)}"
         if got.dtype != want.dtype:
             return f"{k} has dtype {got.dtype}, this model's head needs {want.dtype}"
-    try:
-        check_fisher(fisher, name="Fisher")
+    try:  # in sorted order: safetensors hands tensors back in no fixed order, and the reason must not vary
+        check_fisher({k: fisher[k] for k in sorted(fisher)}, name="Fisher")
     except ValueError as exc:
         return str(exc)
     return ""

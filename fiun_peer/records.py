@@ -2,9 +2,18 @@
 
 Four predicate types travel by gossip: lineage (a model version and its parents), unlearning requests,
 Fisher announcements (a discovery node's Fisher blob digest) and receipts (old digest -> new digest).
-DSSE signs the raw payload bytes through PAE, so no canonical-JSON scheme is needed for the signature;
-we still require canonical JSON (sorted keys, compact, ASCII) for the envelope and the statement so
-one logical record has exactly one byte form and therefore one id (sha256 of the envelope bytes).
+DSSE signs the raw payload bytes through PAE, so the envelope around them may come in any valid JSON
+encoding (pretty-printed, keys in another order, escaped characters): it is parsed and re-encoded as
+canonical JSON (sorted keys, compact, ASCII), and the record's id is the sha256 of that canonical
+form, so every encoding of one record has one id and duplicates drop by content. The statement
+itself is the signed payload: its bytes are what the signature covers, so they must already be
+canonical JSON (one statement, one signed form). Duplicate keys are refused in both: parsers that
+keep the first or the last value would read different records.
+
+A lineage record names the model version (its weights digest is the subject), its parents, label
+set, head and architecture; since issue 14 it does not name the owner's training data (the data
+digest stays in the owner's local state). Older records that still carry ``data_digest`` are
+accepted and the field is ignored (see docs/security.md).
 
 Every check that can fail raises :class:`RecordError` with a machine-readable ``reason`` (see
 :data:`REASONS`), which callers count and report.
@@ -45,6 +54,8 @@ REASONS = frozenset({"malformed", "too_large", "bad_signature", "unknown_predica
 # Ids appear inside subject names ("fisher:<request>:<model>") and file names: no ':' or '/'.
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+LINEAGE_KEYS = frozenset({"model_id", "version", "parents", "relation", "labels", "head_tensors", "architecture",
+                          "model_fisher_digests", "previous_digest"})
 
 
 class RecordError(ValueError):
@@ -60,7 +71,8 @@ class RecordError(ValueError):
 
 @dataclass(frozen=True)
 class Record:
-    """A verified record. ``predicate`` is derived from ``envelope``; treat it as read-only."""
+    """A verified record. ``envelope`` is the canonical encoding (as stored and served);
+    ``predicate`` is derived from it; treat it as read-only."""
 
     envelope: bytes
     record_id: str
@@ -77,7 +89,7 @@ def sha256_hex(data: bytes) -> str:
 
 
 def record_id_of(envelope: bytes) -> str:
-    """A record's id: lowercase hex sha256 of its envelope bytes."""
+    """A record's id: lowercase hex sha256 of its (canonical) envelope bytes."""
     return sha256_hex(envelope)
 
 
@@ -112,7 +124,7 @@ def parse_record(envelope: bytes, *, max_bytes: int = MAX_RECORD_BYTES) -> Recor
     envelope = bytes(envelope)
     if len(envelope) > max_bytes:
         raise RecordError("too_large", f"envelope is {len(envelope)} bytes, limit {max_bytes}")
-    env = _load_canonical(envelope, "envelope")
+    env, envelope = _load_json(envelope, "envelope")  # from here on, the canonical form
     _expect_keys(env, {"payload", "payloadType", "signatures"}, "envelope", "malformed")
     payload_type = env["payloadType"]
     if not isinstance(payload_type, str):
@@ -142,16 +154,21 @@ def parse_record(envelope: bytes, *, max_bytes: int = MAX_RECORD_BYTES) -> Recor
                   predicate=predicate, signer=signer)
 
 
-def _load_canonical(data: bytes, what: str) -> Any:
+def _load_json(data: bytes, what: str) -> tuple[Any, bytes]:
+    """Parse any valid JSON encoding; returns the value and its canonical encoding."""
     try:
-        obj = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError) as exc:
+        obj = json.loads(data.decode("utf-8"), parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise RecordError("malformed", f"{what} is not valid JSON: {exc}") from None
     try:
-        canonical = canonical_json(obj)
-    except ValueError as exc:
+        return obj, canonical_json(obj)
+    except (ValueError, RecursionError) as exc:
         raise RecordError("malformed", f"{what} cannot be re-encoded: {exc}") from None
-    # One byte form per record: otherwise re-encodings of one record would get distinct ids.
+
+
+def _load_canonical(data: bytes, what: str) -> Any:
+    obj, canonical = _load_json(data, what)
+    # The signed statement: one byte form, since its bytes (not its meaning) are what is signed.
     if canonical != data:
         raise RecordError("malformed", f"{what} is not canonical JSON (sorted keys, compact, ASCII)")
     return obj
@@ -159,6 +176,15 @@ def _load_canonical(data: bytes, what: str) -> Any:
 
 def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not allowed")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"duplicate key {dup[:80]!r}")
+    return out
 
 
 def _b64decode(value: object, what: str) -> bytes:
@@ -249,9 +275,9 @@ def _str_list(p: Mapping[str, Any], key: str) -> list[str]:
 
 
 def _check_lineage(p: dict[str, Any], name: str, digest: str, signer: str) -> None:
-    _expect_keys(p, {"model_id", "version", "parents", "relation", "labels", "head_tensors",
-                     "architecture", "model_fisher_digests", "data_digest", "previous_digest"},
-                 "lineage predicate", "invalid_field")
+    # ``data_digest``: only in records made before issue 14, accepted and ignored (see the module doc).
+    keys = LINEAGE_KEYS | ({"data_digest"} if "data_digest" in p else set())
+    _expect_keys(p, keys, "lineage predicate", "invalid_field")
     model_id = _id(p, "model_id")
     version = p["version"]
     if not _nonneg_int(version) or version < 1:
@@ -278,7 +304,7 @@ def _check_lineage(p: dict[str, Any], name: str, digest: str, signer: str) -> No
     fishers = p["model_fisher_digests"]
     if not isinstance(fishers, dict) or not all(k and is_digest(v) for k, v in fishers.items()):
         raise _bad("model_fisher_digests", "must map estimator names to lowercase hex sha256")
-    if p["data_digest"] is not None:
+    if p.get("data_digest") is not None:
         _digest(p, "data_digest")
     if p["previous_digest"] is not None:
         _digest(p, "previous_digest")
@@ -378,12 +404,12 @@ def _norm_labels(labels: Iterable[int], key: str) -> list[int]:
 def build_lineage(identity: Identity, *, model_id: str, model_digest: str, version: int,
                   parents: Iterable[Mapping[str, str]], relation: str, labels: Iterable[int],
                   head_tensors: Iterable[str], architecture: Mapping[str, Any],
-                  model_fisher_digests: Mapping[str, str], data_digest: str | None,
-                  previous_digest: str | None = None) -> Record:
+                  model_fisher_digests: Mapping[str, str], previous_digest: str | None = None) -> Record:
     """Lineage of one model version. ``parents``: ``{model_id, digest, relation}`` each.
 
     ``relation`` is ``"root"`` for a model without parents; ``version`` starts at 1, and
-    ``previous_digest`` is None exactly for version 1.
+    ``previous_digest`` is None exactly for version 1. The owner's training data is not named: its
+    digest would let anyone who holds a candidate data set confirm that it is the owner's.
     """
     predicate = {
         "model_id": model_id, "version": version,
@@ -391,8 +417,7 @@ def build_lineage(identity: Identity, *, model_id: str, model_digest: str, versi
                     for p in parents],
         "relation": relation, "labels": _norm_labels(labels, "labels"),
         "head_tensors": list(head_tensors), "architecture": dict(architecture),
-        "model_fisher_digests": dict(model_fisher_digests), "data_digest": data_digest,
-        "previous_digest": previous_digest,
+        "model_fisher_digests": dict(model_fisher_digests), "previous_digest": previous_digest,
     }
     return sign_statement(identity, LINEAGE_V1, f"model:{model_id}", model_digest, predicate)
 

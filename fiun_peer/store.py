@@ -2,7 +2,9 @@
 
 Layout under ``home``: ``store.sqlite`` (WAL, synchronous=FULL: a committed write survives a crash)
 and ``blobs/<2 hex>/<sha256>`` (content-addressed, written atomically: temp file, fsync, rename;
-temp files a crash leaves behind are removed at the next open). One connection guarded by a
+temp files a crash leaves behind are removed at the next open). Every blob has a kind (see
+:data:`BLOB_KINDS`), kept in SQLite beside it: what the blob service may serve, and to whom, depends
+on it (``fiun_peer.policy.blob_refusal``). A blob without a kind is never served. One connection guarded by a
 re-entrant lock makes the store safe to share between the trio loop, gRPC handler threads and torch
 workers; :meth:`Store.transaction` groups several writes into one atomic step.
 """
@@ -24,12 +26,17 @@ from typing import Any, BinaryIO
 from fiun_peer import faults
 from fiun_peer.files import TMP_SUFFIX, write_atomic
 from fiun_peer.files import fsync_dir as _fsync_dir
-from fiun_peer.records import Record, is_digest, parse_record, record_id_of
+from fiun_peer.records import Record, RecordError, is_digest, parse_record, record_id_of
 
 DB_FILE = "store.sqlite"
 BLOB_DIR = "blobs"
 _COPY_CHUNK = 1 << 20
 _IN_CHUNK = 500
+#: fisher: an unlearning Fisher (Eq. 3) named in a signed announcement; model_fisher: a model's own
+#: Fisher (Eq. 4); weights: a model version; data: an owner's training data.
+BLOB_KINDS = ("fisher", "model_fisher", "weights", "data")
+#: PRAGMA user_version of a store whose blobs all have their kinds (1: issue 14's blob kinds).
+SCHEMA_VERSION = 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -46,6 +53,12 @@ CREATE TABLE IF NOT EXISTS records (
 CREATE INDEX IF NOT EXISTS records_kind ON records (kind, seq);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS blob_kinds (
+    digest TEXT NOT NULL,
+    kind   TEXT NOT NULL,
+    PRIMARY KEY (digest, kind)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS records_subject ON records (subject_digest, kind);
 """
 
 
@@ -68,6 +81,9 @@ class Store:
         with self.transaction():
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 self._db.execute(statement)
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            self.migrated_blobs = self._derive_blob_kinds() if version < SCHEMA_VERSION else 0
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -211,6 +227,65 @@ class Store:
                            (len(prefix), prefix))
         return {key: json.loads(value) for key, value in rows}
 
+    # -- blob kinds -----------------------------------------------------------------------------------
+
+    def _derive_blob_kinds(self) -> int:
+        """Kinds for the blobs of a store made before blobs had kinds, from the records and state
+        that name them. A blob nothing names keeps no kind, and is never served. Returns how many
+        blobs got a kind."""
+        named: dict[str, set[str]] = {}
+
+        def name(digest: object, kind: str) -> None:
+            if is_digest(digest):
+                named.setdefault(digest, set()).add(kind)
+
+        for rid, env in self._db.execute("SELECT record_id, envelope FROM records").fetchall():
+            try:
+                rec = self._to_record(rid, env)
+            except RecordError:  # cannot name anything we could trust
+                continue
+            p, kind = rec.predicate, rec.kind
+            if kind == "lineage":
+                name(rec.subject_digest, "weights")
+                name(p.get("previous_digest"), "weights")
+                name(p.get("data_digest"), "data")   # records before issue 14 named the data
+                for digest in (p.get("model_fisher_digests") or {}).values():
+                    name(digest, "model_fisher")
+            elif kind == "receipt":
+                name(p["old_digest"], "weights")
+                name(p["new_digest"], "weights")
+            elif kind == "announcement":
+                name(p["fisher_digest"], "fisher")
+                name(p["model_digest"], "weights")
+        for key, text in self._db.execute("SELECT key, value FROM state").fetchall():
+            value = json.loads(text)
+            if key.startswith("model:"):
+                for field in ("digest", "original"):
+                    name(value.get(field), "weights")
+                name(value.get("data"), "data")
+            elif key.startswith("mf:"):
+                for digest in value.values():
+                    name(digest, "model_fisher")
+        held = [path.name for path in self.blob_root.glob("??/*") if is_digest(path.name)]
+        rows = [(digest, kind) for digest in held for kind in sorted(named.get(digest, ()))]
+        self._db.executemany("INSERT OR IGNORE INTO blob_kinds (digest, kind) VALUES (?, ?)", rows)
+        return len({digest for digest, _ in rows})
+
+    def _set_kind(self, digest: str, kind: str) -> None:
+        if kind not in BLOB_KINDS:
+            raise ValueError(f"unknown blob kind {kind!r}; expected one of {', '.join(BLOB_KINDS)}")
+        with self.transaction():
+            self._db.execute("INSERT OR IGNORE INTO blob_kinds (digest, kind) VALUES (?, ?)", (digest, kind))
+
+    def blob_kinds(self, digest: str) -> set[str]:
+        """The kinds a blob was stored as (usually one; empty: unknown, never served)."""
+        return {row[0] for row in self._query("SELECT kind FROM blob_kinds WHERE digest = ?", (digest,))}
+
+    def announced(self, digest: str) -> bool:
+        """True when a stored Fisher announcement names this digest (its subject)."""
+        return bool(self._query("SELECT 1 FROM records WHERE subject_digest = ? AND kind = 'announcement' LIMIT 1",
+                                (digest,)))
+
     # -- blobs ----------------------------------------------------------------------------------------
 
     def blob_path(self, digest: str) -> Path:
@@ -248,15 +323,27 @@ class Store:
         except FileNotFoundError:
             return False
 
-    def put_blob(self, data: bytes) -> str:
-        """Store ``data`` content-addressed; returns its sha256 hex. Idempotent."""
+    def put_blob(self, data: bytes, *, kind: str) -> str:
+        """Store ``data`` content-addressed as a blob of ``kind`` (one of :data:`BLOB_KINDS`); returns
+        its sha256 hex. Idempotent. The kind is recorded after the bytes: a crash in between leaves
+        a blob without a kind, which is never served (the safe side)."""
+        if kind not in BLOB_KINDS:
+            raise ValueError(f"unknown blob kind {kind!r}; expected one of {', '.join(BLOB_KINDS)}")
         digest = hashlib.sha256(data).hexdigest()
         if not self.verify_blob(digest):  # rewrites a damaged copy instead of trusting it
             write_atomic(self.blob_path(digest), data)
+        self._set_kind(digest, kind)
         return digest
 
-    def put_blob_file(self, source: Path) -> str:
+    def put_blob_file(self, source: Path, *, kind: str) -> str:
         """Streaming :meth:`put_blob` for a file too large to hold in memory."""
+        if kind not in BLOB_KINDS:
+            raise ValueError(f"unknown blob kind {kind!r}; expected one of {', '.join(BLOB_KINDS)}")
+        digest = self._put_file(source)
+        self._set_kind(digest, kind)
+        return digest
+
+    def _put_file(self, source: Path) -> str:
         directory = self.blob_root / "incoming"
         directory.mkdir(exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")

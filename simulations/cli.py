@@ -152,8 +152,9 @@ Every model is owned by a real `fiun-peer` process on loopback. The harness trai
 starts the peers, publishes each model through its owner's admin API, waits until every peer knows
 the whole lineage, submits ONE unlearning request (with these FIUn settings) to the first peer, and
 then only polls GetRequest: the peers locate, announce Fishers, pull, merge, dampen and sign
-receipts. Then it fetches each new version from its owner and compares it with Algorithm 1 run
-in-process on the same inputs (torch.equal), and evaluates it on the same splits as `centralized`.
+receipts. Then it exports each new version from its owner (AdminService.ExportModel with the
+owner's admin token: peers cannot fetch weights) and compares it with Algorithm 1 run in-process
+on the same inputs (torch.equal), and evaluates it on the same splits as `centralized`.
 
 Output: the paper-style table with the network's FIUn columns, per-node received/applied times
 (seconds after the request was sent) and equals_centralized; --json writes the `centralized` schema

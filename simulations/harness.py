@@ -3,8 +3,9 @@
 The harness only sets the stage and observes: it trains the topology (as `centralized` does), starts
 one `fiun-peer` process per peer on loopback, publishes each model through its owner's admin API,
 submits ONE unlearning request to one peer and then polls ``GetRequest``. The peers do the
-unlearning. Afterwards it fetches every new version from its owner and compares it, tensor by
-tensor (``torch.equal``), with Algorithm 1 run in-process on the same stage and settings.
+unlearning. Afterwards it exports every new version from its owner (AdminService.ExportModel, with
+the owner's admin token) and compares it, tensor by tensor (``torch.equal``), with Algorithm 1 run
+in-process on the same stage and settings.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from pathlib import Path
 
 import torch
 
-from fiun_peer.rpc.fisher_service import fetch_blob
 from fiun_peer.rpc.generated.fiun.v1 import admin_pb2
 from fiun_peer.tensors import from_bytes
 
@@ -122,13 +122,16 @@ def _observe(stage: Stage, cfg: SimConfig, opts: NetworkOptions, groups: list[li
             settings_json=json.dumps(cfg.settings.to_dict(), sort_keys=True)), timeout=60)
         done = cluster.wait_request(submitter, rid, timeout=opts.timeout, on_progress=progress.request)
         t_done = time.time()
-        progress.phase("fetching the new versions from their owners")
+        progress.phase("exporting the new versions from their owners (their admin credentials)")
         per_model = {}
         for m in done.models:
             owner = owners[m.model_id]
             own = {p.model_id: p for p in owner.admin.GetRequest(
                 admin_pb2.GetRequestRequest(request_id=rid), timeout=30).models}[m.model_id]
-            weights = from_bytes(fetch_blob(owner.grpc, own.new_digest), what="weights")
+            # Weights go only to their owner's credential: the harness holds every owner's admin token.
+            exported = owner.admin.ExportModel(admin_pb2.ExportModelRequest(
+                model_id=m.model_id, model_digest=own.new_digest), timeout=60)
+            weights = from_bytes(exported.weights, what="weights")
             per_model[m.model_id] = {
                 "owner": owner.name, "old_digest": own.old_digest, "new_digest": own.new_digest,
                 "received_at": _since(own.received_at, t_submit), "applied_at": _since(own.applied_at, t_submit),

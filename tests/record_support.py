@@ -21,5 +21,18 @@ def lineage(who: Identity, model: str, labels: list[int], parents: tuple[str, ..
         parents=[{"model_id": p, "digest": d(f"{p}-v1"), "relation": "finetune"} for p in parents],
         relation="finetune" if parents else "root", labels=labels, head_tensors=["head.weight", "head.bias"],
         architecture={"model": "mlp", "in_shape": [1, 8, 8], "num_classes": 10},
-        model_fisher_digests={"empirical": d(f"{model}-mf")}, data_digest=d(f"{model}-data"),
+        model_fisher_digests={"empirical": d(f"{model}-mf")},
         previous_digest=None if version == 1 else d(f"{model}-v{version - 1}"))
+
+
+ANNOUNCER = Identity.from_seed(bytes([9]) * 32, "announcer")
+
+
+def serve_fisher(store, data: bytes, *, request_id: str = "r") -> str:
+    """Put ``data`` in ``store`` as a Fisher named by a stored announcement, which is what the blob
+    service serves to peers; returns its digest."""
+    digest = store.put_blob(data, kind="fisher")
+    store.add_record(R.build_announcement(ANNOUNCER, request_id=request_id, model_id="m", model_digest=d("m-v1"),
+                                          fisher_digest=digest, shapes={"weight": [1]}, estimator="empirical",
+                                          labels=[0]))
+    return digest

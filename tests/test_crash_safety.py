@@ -96,7 +96,7 @@ def test_kill_mid_blob_write_leaves_no_torn_blob(tmp_path):
     data = os.urandom(1 << 16)
     (tmp_path / "data").write_bytes(data)
     code = ("from pathlib import Path; from fiun_peer.store import Store; "
-            "Store(Path('home')).put_blob(Path('data').read_bytes())")
+            "Store(Path('home')).put_blob(Path('data').read_bytes(), kind='weights')")
     out = _python(code, "mid_write=kill", tmp_path)
     assert out.returncode == -9, out.stderr
     digest = hashlib.sha256(data).hexdigest()
@@ -106,7 +106,7 @@ def test_kill_mid_blob_write_leaves_no_torn_blob(tmp_path):
     with Store(tmp_path / "home") as s:
         assert s.removed_temp_files == 1 and not s.has_blob(digest)
         assert not list((tmp_path / "home" / "blobs").glob("*/.*.tmp"))
-        assert s.put_blob(data) == digest and s.verify_blob(digest)
+        assert s.put_blob(data, kind="weights") == digest and s.verify_blob(digest)
 
 
 def test_kill_before_commit_rolls_the_whole_step_back(tmp_path):

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from fiun_peer.core.fiun import FIUnSettings
-from fiun_peer.rpc.fisher_service import fetch_blob
 from fiun_peer.rpc.generated.fiun.v1 import admin_pb2
 from fiun_peer.tensors import from_bytes, to_bytes
 from simulations.centralized import SimConfig, prepare, run_fiun
@@ -49,7 +48,9 @@ def test_fl_network_matches_centralized_bit_for_bit(stage, tmp_path):
         assert all(m.state == "applied" and m.new_digest != m.old_digest for m in done.models)
 
         for m in done.models:
-            weights = from_bytes(fetch_blob(owners[m.model_id].grpc, m.new_digest))
+            # Only the owner's credential gets the weights (Peer.admin sends the owner's token).
+            weights = from_bytes(owners[m.model_id].admin.ExportModel(admin_pb2.ExportModelRequest(
+                model_id=m.model_id, model_digest=m.new_digest), timeout=60).weights)
             expected = reference["states"][m.model_id]
             assert set(weights) == set(expected)
             for k, v in expected.items():

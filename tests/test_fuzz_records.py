@@ -143,9 +143,15 @@ def mutants(draw) -> tuple[str, bytes, set[str]]:
         return m, resign(base_signer(kind), stmt), {"invalid_field"}
     if m == "random_bytes":
         return m, draw(st.binary(max_size=2048)), {"malformed"}
-    # reencode: the same record with whitespace or another key order, so another id: refused
-    e = json.loads(env)
-    return m, json.dumps(e, indent=draw(st.sampled_from([None, 1, 2]))).encode() + b" ", {"malformed"}
+    # reencode: the signed statement with whitespace or another key order. Its bytes are what is
+    # signed, so it must be canonical (the envelope around it may be any JSON: see
+    # test_reencoded_envelope_is_a_duplicate).
+    stmt = statement(base)
+    if draw(st.booleans()):
+        text = json.dumps(stmt, indent=draw(st.sampled_from([None, 1, 2])), sort_keys=True)
+    else:
+        text = json.dumps(dict(reversed(list(stmt.items()))), separators=(",", ":"))
+    return m, envelope(base_signer(kind), text.encode()), {"malformed"}
 
 
 def base_signer(kind: str) -> Identity:
@@ -205,6 +211,20 @@ def test_fuzz_agent_ingest(tmp_path: Path) -> None:
     assert store.record_ids() == held                       # nothing stored
     for rec in BASES.values():                             # and the peer still takes good records
         assert agent.ingest(rec.envelope, source="test")[2] == "accepted"
+    store.close()
+
+
+def test_reencoded_envelope_is_a_duplicate(tmp_path: Path) -> None:
+    """Any JSON encoding of a held record's envelope is that record: a duplicate, stored once."""
+    store = Store(tmp_path)
+    agent = Agent(Identity.generate("victim"), store, publish=None, fetch_blob=None)
+    for rec in SETUP:
+        assert agent.ingest(rec.envelope, source="test")[2] == "accepted"
+    held = store.record_ids()
+    for rec in SETUP:
+        pretty = json.dumps(dict(reversed(list(json.loads(rec.envelope).items()))), indent=2).encode()
+        assert agent.ingest(pretty, source="test") == (True, rec.record_id, "duplicate")
+    assert store.record_ids() == held and store.envelopes_except(set()) == [r.envelope for r in SETUP]
     store.close()
 
 

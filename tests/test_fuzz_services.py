@@ -6,6 +6,8 @@ DIR/NAME-services.json."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 from collections import Counter
@@ -95,6 +97,45 @@ json_values = st.one_of(st.none(), st.booleans(), st.integers(-10, 10**6), st.fl
                         st.text(max_size=20))
 
 
+def _weights_with(value: float) -> bytes:
+    state = build_model("mlp", (1, 8, 8), 10, seed=0).state_dict()
+    state["head.weight"][0, 0] = value
+    return to_bytes(state)
+
+
+HOSTILE_WEIGHTS = [_weights_with(float("nan")), _weights_with(float("inf")), _weights_with(-float("inf")),
+                   to_bytes({"head.weight": torch.zeros(10, 128)}), b"\x00" * 16]
+
+
+@st.composite
+def hostile_publish(draw) -> dict:
+    """PublishModel fields that must be refused: non-finite weights, labels outside the head, an
+    architecture that is unknown, malformed or over the size bounds, data that does not fit it."""
+    what = draw(st.sampled_from(["weights", "labels", "arch", "data"]))
+    if what == "weights":
+        return {"weights": draw(st.sampled_from(HOSTILE_WEIGHTS))}
+    if what == "labels":
+        n = draw(st.integers(1, 30))
+        y = torch.tensor(draw(st.lists(st.integers(-2**40, 2**40), min_size=n, max_size=n)))
+        y[draw(st.integers(0, n - 1))] = draw(st.one_of(st.integers(10, 2**40), st.integers(-2**40, -1)))
+        return {"data": to_bytes({"x": torch.rand(n, 1, 8, 8), "y": y}),
+                "labels": draw(st.lists(st.integers(-2**31, 2**31 - 1), max_size=4))}
+    if what == "arch":
+        dims = st.one_of(st.integers(-3, 3), st.integers(2**10, 2**40), st.floats(0, 10), st.booleans(), st.text(max_size=3))
+        arch = {"model": draw(st.sampled_from(["mlp", "cnn", "resnet", "vit", ""])),
+                "in_shape": draw(st.one_of(st.lists(dims, max_size=5), st.sampled_from([[1, 2**20, 2**20],
+                                                                                         [3, 4096, 4096]]))),
+                "num_classes": draw(st.one_of(st.integers(-2, 2**40), st.none(), st.text(max_size=3)))}
+        if draw(st.booleans()):
+            arch[draw(st.text(max_size=8))] = draw(json_values)
+        return {"architecture_json": json.dumps(arch)}
+    shape = draw(st.lists(st.integers(0, 9), min_size=1, max_size=4))
+    x = torch.rand(*shape, dtype=draw(st.sampled_from([torch.float32, torch.float64])))
+    if draw(st.booleans()) and x.numel():
+        x.view(-1)[0] = float("nan")
+    return {"data": to_bytes({"x": x, "y": torch.zeros(shape[0], dtype=torch.long)})}
+
+
 @st.composite
 def calls(draw) -> tuple[str, str, object, bool]:
     service, method, cls, streams = draw(st.sampled_from(METHODS))
@@ -105,6 +146,9 @@ def calls(draw) -> tuple[str, str, object, bool]:
         if draw(st.booleans()):  # a usable id and no parents: only labels/head tensors left to be wrong
             values.update(model_id=draw(st.from_regex(r"[a-z][a-z0-9]{0,12}", fullmatch=True)), parents=[],
                           head_tensors=draw(st.sampled_from([[], ["head.weight", "head.bias"], ["x"]])))
+        if draw(st.booleans()):  # hostile content behind a usable id (issue 14): each must be refused
+            values.update(model_id=draw(st.from_regex(r"h[a-z0-9]{0,12}", fullmatch=True)), parents=[])
+            values.update(draw(hostile_publish()))
     if method == "RequestUnlearning" and draw(st.booleans()):
         values["settings_json"] = json.dumps(draw(st.dictionaries(st.sampled_from(SETTING_KEYS + ["bogus"]),
                                                                   json_values, max_size=3)))
@@ -141,6 +185,17 @@ def report():
             json.dumps(dict(sorted(TALLY.items())), indent=2) + "\n")
 
 
+def footprint(host: AgentHost, request) -> tuple:
+    """What a PublishModel call could leave behind: the model's state and lineage records, its
+    weights and data blobs, a lineage record for it handed to gossip. (Not the whole store: the
+    agent's own work on earlier requests goes on in the background.)"""
+    mid = request.model_id
+    blobs = [host.call(host.store.has_blob, hashlib.sha256(b).hexdigest()) for b in (request.weights, request.data)]
+    lineage = [r.record_id for r in host.call(host.store.records, "lineage") if r.predicate["model_id"] == mid]
+    sent = sum(f'"model_id":"{mid}"'.encode() in base64.b64decode(json.loads(env)["payload"]) for env in host.published)
+    return host.call(host.store.get_state, f"model:{mid}"), lineage, blobs, sent
+
+
 def test_fuzz_every_method_with_generated_messages(tmp_path: Path) -> None:
     with AgentHost(tmp_path / "h", token=TOKEN) as host, open_channel(host.target, token=TOKEN) as channel:
 
@@ -149,7 +204,13 @@ def test_fuzz_every_method_with_generated_messages(tmp_path: Path) -> None:
         @given(call=calls())
         def run(call) -> None:
             service, method, request, streams = call
-            TALLY[f"{method}:{invoke(channel, service, method, request, streams).name}"] += 1
+            before = footprint(host, request) if method == "PublishModel" else None
+            code = invoke(channel, service, method, request, streams)
+            TALLY[f"{method}:{code.name}"] += 1
+            if before is not None and code != grpc.StatusCode.OK:  # a refused publication leaves nothing
+                changed = footprint(host, request) != before
+                TALLY["PublishModel:refused_and_stored_something" if changed else "PublishModel:refused_stored_nothing"] += 1
+                assert not changed, request
 
         run()
         status = open_channel(host.target, token=TOKEN)

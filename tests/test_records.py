@@ -24,7 +24,7 @@ def lineage(identity: Identity = ALICE, **overrides: Any) -> R.Record:
         parents=[{"model_id": "base", "digest": D2, "relation": "finetune"}], relation="finetune",
         labels=[3, 1, 2, 1], head_tensors=["head.weight", "head.bias"],
         architecture={"model": "mlp", "in_shape": [1, 8, 8], "num_classes": 10},
-        model_fisher_digests={"empirical": D3}, data_digest=D4, previous_digest=None)
+        model_fisher_digests={"empirical": D3}, previous_digest=None)
     fields.update(overrides)
     return R.build_lineage(identity, **fields)
 
@@ -121,7 +121,7 @@ def test_predicate_contents() -> None:
     assert rec.subject_name == "model:client-1" and rec.subject_digest == D2
     second = lineage(version=2, previous_digest=D2)
     assert second.predicate["previous_digest"] == D2
-    root = lineage(parents=[], relation="root", data_digest=None)
+    root = lineage(parents=[], relation="root")
     assert root.predicate["parents"] == []
 
 
@@ -248,11 +248,56 @@ def test_malformed(envelope: bytes) -> None:
     assert reason_of(envelope) == "malformed"
 
 
-def test_non_canonical_envelope_is_malformed() -> None:
-    env = json.loads(receipt().envelope)
-    assert reason_of(json.dumps(env, sort_keys=True).encode()) == "malformed"  # spaces
-    reordered = dict(reversed(list(env.items())))
-    assert reason_of(json.dumps(reordered, separators=(",", ":")).encode()) == "malformed"  # key order
+def test_envelope_in_any_json_encoding_is_the_same_record() -> None:
+    """DSSE signs the payload, not the envelope: any JSON encoding of the envelope is the record,
+    stored in canonical form under one id, so duplicates still drop by content."""
+    original = receipt()
+    env = json.loads(original.envelope)
+    encodings = [
+        json.dumps(env, indent=2).encode(),                                    # pretty-printed
+        json.dumps(dict(reversed(list(env.items()))), separators=(",", ":")).encode(),  # key order
+        b"\n  " + json.dumps(env).encode() + b"\r\n",                          # whitespace around it
+        original.envelope.replace(b'"payloadType"', b'"\\u0070ayloadType"'),   # an escaped character
+    ]
+    for encoded in encodings:
+        assert encoded != original.envelope
+        rec = R.parse_record(encoded)
+        assert rec.envelope == original.envelope and rec.record_id == original.record_id, encoded[:60]
+
+
+def test_envelope_with_duplicate_keys_is_malformed() -> None:
+    # Parsers that keep the first or the last of two "payload"s would read different records.
+    text = receipt().envelope.decode()
+    doubled = text.replace('{"payload":', '{"payload":"AAAA","payload":', 1)
+    assert reason_of(doubled.encode()) == "malformed"
+
+
+def test_non_canonical_statement_is_malformed() -> None:
+    """The statement is the signed payload: its bytes are what is signed, so one form only."""
+    stmt = statement_of(receipt())
+    payload = json.dumps(stmt, indent=1).encode()
+    sig = ALICE.sign(R.pae(R.PAYLOAD_TYPE, payload))
+    env = R.canonical_json({"payload": base64.b64encode(payload).decode(), "payloadType": R.PAYLOAD_TYPE,
+                            "signatures": [{"keyid": ALICE.public_key_hex, "sig": base64.b64encode(sig).decode()}]})
+    assert reason_of(env) == "malformed"
+
+
+def test_lineage_names_no_training_data() -> None:
+    assert "data_digest" not in lineage().predicate
+    assert "data_digest" not in statement_of(lineage())["predicate"]
+
+
+def test_legacy_lineage_with_data_digest_is_accepted() -> None:
+    """Records made before issue 14 still name the data digest: accepted (they are validly signed
+    parts of existing lineages), the field is checked for form and otherwise ignored."""
+    stmt = statement_of(lineage())
+    stmt["predicate"]["data_digest"] = D4
+    rec = R.parse_record(resign(ALICE, stmt))
+    assert rec.kind == "lineage" and rec.predicate["data_digest"] == D4
+    stmt["predicate"]["data_digest"] = None                    # some old roots had none
+    assert R.parse_record(resign(ALICE, stmt)).kind == "lineage"
+    stmt["predicate"]["data_digest"] = "not a digest"
+    assert reason_of(resign(ALICE, stmt)) == "invalid_field"
 
 
 def test_wrong_statement_type_is_malformed() -> None:

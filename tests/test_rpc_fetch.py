@@ -11,6 +11,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from record_support import serve_fisher
 
 from fiun_peer import records as R
 from fiun_peer.identity import Identity
@@ -61,7 +62,7 @@ def peer(tmp_path: Path) -> Iterator[Peer]:
 
 def test_fetch_large_blob_in_chunks(peer: Peer) -> None:
     data = os.urandom(8 * 1024 * 1024 + 12345)  # over gRPC's default 4 MiB message limit
-    digest = peer.store.put_blob(data)
+    digest = serve_fisher(peer.store, data)
     assert peer.port > 0
     assert fetch_blob(peer.target, digest) == data
     with grpc.insecure_channel(peer.target) as channel:  # default limits: chunks must fit them
@@ -75,7 +76,7 @@ def test_fetch_large_blob_in_chunks(peer: Peer) -> None:
 
 
 def test_fetch_empty_blob(peer: Peer) -> None:
-    digest = peer.store.put_blob(b"")
+    digest = serve_fisher(peer.store, b"")
     assert fetch_blob(peer.target, digest) == b""
 
 
@@ -83,7 +84,7 @@ def test_unknown_digest_is_not_found(peer: Peer) -> None:
     with pytest.raises(grpc.RpcError) as info:
         fetch_blob(peer.target, hashlib.sha256(b"absent").hexdigest())
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
-    assert "no blob" in info.value.details()
+    assert "no Fisher" in info.value.details()
 
 
 @pytest.mark.parametrize("bad", ["../../etc/passwd", "A" * 64, "abc", ""])
@@ -97,7 +98,7 @@ def test_bad_digest_is_invalid_argument(peer: Peer, bad: str) -> None:
 
 def test_corrupted_blob_is_detected_by_the_client(peer: Peer) -> None:
     data = os.urandom(2 * CHUNK_BYTES + 5)
-    digest = peer.store.put_blob(data)
+    digest = serve_fisher(peer.store, data)
     peer.store.blob_path(digest).write_bytes(os.urandom(len(data)))  # bit rot / hostile server
     with pytest.raises(BlobDigestMismatch) as info:
         fetch_blob(peer.target, digest)

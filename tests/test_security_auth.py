@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from record_support import serve_fisher
 from security_support import CA, AgentHost
 
 from fiun_peer import records as R
@@ -114,7 +115,7 @@ def test_mtls_admin_certificate_peer_certificate_and_no_certificate(tmp_path: Pa
     stranger = other_ca.issue("fiun-admin")
     tls = ServerTLS(cert=server.cert, key=server.key, client_ca=ca.cert)
     with AgentHost(tmp_path / "h", token="tok", tls=tls) as host:
-        digest = host.store.put_blob(b"fisher bytes")
+        digest = serve_fisher(host.store, b"fisher bytes")
         as_admin = ClientTLS(ca=ca.cert, cert=admin.cert, key=admin.key)
         as_peer = ClientTLS(ca=ca.cert, cert=peer.cert, key=peer.key)
         with open_channel(host.target, tls=as_admin) as ch:
@@ -137,7 +138,7 @@ def test_server_tls_without_client_certificates(tmp_path: Path) -> None:
     ca = CA()
     server = ca.issue("peer-a")
     with AgentHost(tmp_path / "h", token="tok", tls=ServerTLS(cert=server.cert, key=server.key)) as host:
-        digest = host.store.put_blob(b"x" * 1000)
+        digest = serve_fisher(host.store, b"x" * 1000)
         assert fetch_blob(host.target, digest, tls=ClientTLS(ca=ca.cert)) == b"x" * 1000
         with open_channel(host.target, tls=ClientTLS(ca=ca.cert), token="tok") as ch:
             assert _status(ch).name == "host"

@@ -65,13 +65,14 @@ class Provider:
 
 def _announce(host: AgentHost, rid: str, fisher: dict[str, torch.Tensor], providers: list[Provider]) -> str:
     blob = to_bytes(fisher)
-    for p in providers:
-        p.store.put_blob(blob)
     digest = hashlib.sha256(blob).hexdigest()
     req = R.build_request(ALICE, request_id=rid, forget_labels=[3], created_at=1.0)
     ann = R.build_announcement(ALICE, request_id=rid, model_id="g", model_digest="1" * 64, fisher_digest=digest,
                                shapes={k: list(v.shape) for k, v in fisher.items()}, estimator="empirical",
                                labels=[3])
+    for p in providers:  # a provider serves a Fisher that an announcement it holds names
+        p.store.put_blob(blob, kind="fisher")
+        p.store.add_record(ann)
     for rec in (req, ann):
         assert host.call(host.agent.ingest, rec.envelope, source="test")[2] == "accepted"
     return digest
@@ -96,7 +97,7 @@ def network(tmp_path: Path):
     with AgentHost(tmp_path / "me", fetch_blob=lambda target, digest: fetch_blob(target, digest, timeout=30)) as host:
         g = R.build_lineage(ALICE, model_id="g", model_digest="1" * 64, version=1, parents=[], relation="root",
                             labels=[0, 1, 2, 3, 4], head_tensors=["head.weight", "head.bias"], architecture=ARCH,
-                            model_fisher_digests={}, data_digest="2" * 64)
+                            model_fisher_digests={})
         assert host.call(host.agent.ingest, g.envelope, source="test")[2] == "accepted"
         model = build_model("mlp", (1, 8, 8), 10, seed=1)
         y = torch.arange(5, 10).repeat(8)
@@ -132,6 +133,29 @@ def test_bad_fishers_are_refused_before_apply_and_do_not_block_a_good_request(ne
     assert host.call(host.store.get_state, "model:a")["digest"] != original
     # The bad requests still say why, they did not wedge the good one.
     assert "NaN or Inf" in _why(host, "bad-nan", lambda w: "NaN" in w)
+
+
+def test_an_unusable_fisher_is_counted_once_with_one_reason(network) -> None:
+    """NaN in both tensors: the reason names the first tensor in sorted order on every pass (it
+    alternated with safetensors' order), and fisher_invalid counts once per (request, model, Fisher),
+    however many reconcile passes see it."""
+    host, providers = network
+    both = {"weight": torch.full((10, 128), float("nan")), "bias": torch.full((10,), float("nan"))}
+    _announce(host, "nan-1", both, providers)
+    first = _why(host, "nan-1", lambda w: "NaN" in w)
+    assert "Fisher['bias'] holds NaN or Inf" in first, first
+    whys = set()
+    for _ in range(8):
+        host.acall(host.agent.reconcile)
+        _, progress, _ = host.call(host.agent.request_progress, "nan-1")
+        whys.add({p.model_id: p for p in progress}["a"].why_pending)
+    assert whys == {first}
+    assert host.call(host.store.counters)["fisher_invalid"] == 1
+    _announce(host, "nan-2", both, providers)                  # the same blob in another request: counted
+    _why(host, "nan-2", lambda w: "NaN" in w)
+    for _ in range(3):
+        host.acall(host.agent.reconcile)
+    assert host.call(host.store.counters)["fisher_invalid"] == 2
 
 
 def test_digest_mismatch_everywhere_reports_and_recovers_when_a_good_copy_appears(network) -> None:

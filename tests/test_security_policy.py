@@ -150,3 +150,20 @@ def test_deferred_records_are_taken_once_what_they_lack_arrives(agent: Agent) ->
     assert ingest(agent, lineage(ALICE, "z", [3])) == "accepted"      # z is Alice's, not Mallory's
     assert not agent.store.has_record(forged.record_id)
     assert agent.store.counters()["rejected_not_owner"] == 1
+
+
+def test_who_may_read_each_kind_of_blob() -> None:
+    """One table decides what leaves a peer: peers get announced Fishers, the owner's credential gets
+    weights, model Fishers are not shared today, data goes to no one, unknown blobs to no one."""
+    from fiun_peer.policy import BLOB_READERS, blob_refusal
+    from fiun_peer.store import BLOB_KINDS
+
+    assert set(BLOB_READERS) == set(BLOB_KINDS)
+    allowed = {(kinds, reader, announced): blob_refusal(kinds, reader, announced=announced) == ""
+               for kinds in [(), ("fisher",), ("model_fisher",), ("weights",), ("data",), ("fisher", "data")]
+               for reader in ("peer", "owner") for announced in (False, True)}
+    assert {k for k, ok in allowed.items() if ok} == {
+        (("fisher",), "peer", True), (("weights",), "owner", False), (("weights",), "owner", True)}
+    assert "not serve data" in blob_refusal(["fisher", "data"], "peer", announced=True)  # the most private wins
+    with pytest.raises(ValueError):
+        blob_refusal(["fisher"], "anyone", announced=True)

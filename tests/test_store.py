@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sqlite3
 import stat
 import threading
 from collections.abc import Iterator
@@ -138,9 +139,9 @@ def test_threads_share_the_store(store: Store) -> None:
 
 def test_blobs(store: Store) -> None:
     data = os.urandom(3000)
-    digest = store.put_blob(data)
+    digest = store.put_blob(data, kind="fisher")
     assert digest == hashlib.sha256(data).hexdigest()
-    assert store.put_blob(data) == digest  # idempotent
+    assert store.put_blob(data, kind="fisher") == digest  # idempotent
     path = store.blob_path(digest)
     assert path == store.home / "blobs" / digest[:2] / digest
     assert store.has_blob(digest) and store.blob_size(digest) == 3000
@@ -154,7 +155,7 @@ def test_blobs(store: Store) -> None:
     assert store.blob_size(missing) is None
     with pytest.raises(FileNotFoundError):
         store.open_blob(missing)
-    assert store.put_blob(b"") == hashlib.sha256(b"").hexdigest()
+    assert store.put_blob(b"", kind="fisher") == hashlib.sha256(b"").hexdigest()
 
 
 def test_blob_digest_is_validated(store: Store) -> None:
@@ -165,11 +166,11 @@ def test_blob_digest_is_validated(store: Store) -> None:
 
 def test_damaged_blob_is_rewritten_by_put(store: Store) -> None:
     data = b"fisher" * 1000
-    digest = store.put_blob(data)
+    digest = store.put_blob(data, kind="fisher")
     store.blob_path(digest).write_bytes(b"garbage")
     assert not store.verify_blob(digest)
     assert store.get_blob(digest) == b"garbage"  # reads do not hide damage; callers verify
-    assert store.put_blob(data) == digest
+    assert store.put_blob(data, kind="fisher") == digest
     assert store.get_blob(digest) == data
 
 
@@ -177,9 +178,9 @@ def test_put_blob_file_streams(store: Store, tmp_path: Path) -> None:
     src = tmp_path / "big.bin"
     data = os.urandom(3 * (1 << 20) + 17)
     src.write_bytes(data)
-    digest = store.put_blob_file(src)
+    digest = store.put_blob_file(src, kind="data")
     assert digest == hashlib.sha256(data).hexdigest() and store.get_blob(digest) == data
-    assert store.put_blob_file(src) == digest
+    assert store.put_blob_file(src, kind="data") == digest
     assert list((store.blob_root / "incoming").iterdir()) == []
 
 
@@ -195,3 +196,47 @@ def test_write_atomic(tmp_path: Path) -> None:
 def test_sqlite_is_wal(store: Store) -> None:
     assert store._query("PRAGMA journal_mode")[0][0] == "wal"
     assert (store.home / "store.sqlite").exists()
+
+
+def test_blob_kinds_are_kept_and_checked(store: Store, tmp_path: Path) -> None:
+    digest = store.put_blob(b"weights", kind="weights")
+    assert store.blob_kinds(digest) == {"weights"} and store.blob_kinds(D[5]) == set()
+    with pytest.raises(ValueError, match="unknown blob kind"):
+        store.put_blob(b"x", kind="secret")
+    assert not store.has_blob(hashlib.sha256(b"x").hexdigest())        # refused before writing
+    with Store(store.home) as again:                                    # durable
+        assert again.blob_kinds(digest) == {"weights"}
+
+
+def test_a_store_from_before_blob_kinds_derives_them_from_what_names_each_blob(tmp_path: Path) -> None:
+    """Migration: blobs of an old store get the kinds that its records and state give them; a blob
+    nothing names gets none (never served). Old lineage records still name the data digest."""
+    home = tmp_path / "old"
+    blob = {k: hashlib.sha256(k.encode()).hexdigest() for k in
+            ("weights", "new", "data", "mf", "cached_mf", "fisher", "stray")}
+    with Store(home) as s:
+        for k in blob:
+            s.put_blob(k.encode(), kind="data")                         # any kind: wiped below
+        statement = {"model_id": "m", "version": 1, "parents": [], "relation": "root", "labels": [1],
+                     "head_tensors": ["head.weight"], "architecture": {}, "previous_digest": None,
+                     "model_fisher_digests": {"empirical:T1:B64": blob["mf"]}, "data_digest": blob["data"]}
+        s.add_record(R.sign_statement(ALICE, R.LINEAGE_V1, "model:m", blob["weights"], statement))
+        s.add_record(R.build_receipt(ALICE, request_id="r", model_id="m", old_digest=blob["weights"],
+                                     new_digest=blob["new"]))
+        s.add_record(R.build_announcement(ALICE, request_id="r", model_id="m", model_digest=blob["weights"],
+                                          fisher_digest=blob["fisher"], shapes={"weight": [1]},
+                                          estimator="empirical", labels=[1]))
+        s.put_state("mf:m", {"batch:T1:B64": blob["cached_mf"]})
+    db = sqlite3.connect(home / "store.sqlite")                         # what an old store looks like
+    db.execute("DELETE FROM blob_kinds")
+    db.execute("PRAGMA user_version = 0")
+    db.commit()
+    db.close()
+    with Store(home) as s:
+        assert s.migrated_blobs == 6
+        assert {k: s.blob_kinds(d) for k, d in blob.items()} == {
+            "weights": {"weights"}, "new": {"weights"}, "data": {"data"}, "mf": {"model_fisher"},
+            "cached_mf": {"model_fisher"}, "fisher": {"fisher"}, "stray": set()}
+        assert s.announced(blob["fisher"]) and not s.announced(blob["weights"])
+    with Store(home) as s:
+        assert s.migrated_blobs == 0                                    # once

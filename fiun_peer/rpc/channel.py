@@ -12,6 +12,7 @@ import grpc
 
 if TYPE_CHECKING:
     from fiun_peer.auth import ClientTLS
+    from fiun_peer.identity import Identity
 
 # gRPC's default receive limit is 4 MiB; an admin PublishModel holds a model and its data set.
 MAX_MESSAGE_BYTES = 512 * 1024 * 1024
@@ -29,12 +30,14 @@ def insecure_channel(target: str, *, max_message_bytes: int = MAX_MESSAGE_BYTES)
 
 
 def open_channel(target: str, *, tls: ClientTLS | None = None, token: str | None = None,
-                 max_message_bytes: int = MAX_MESSAGE_BYTES) -> grpc.Channel:
+                 max_message_bytes: int = MAX_MESSAGE_BYTES, identity: Identity | None = None) -> grpc.Channel:
     """A channel to ``host:port``: TLS when ``tls`` is given (else plaintext), sending the admin
-    ``token`` as bearer metadata on every call when given."""
+    ``token`` as bearer metadata on every call when given, and signing every call with the peer key
+    ``identity`` when given (see ``fiun_peer.peer_auth``)."""
     from fiun_peer.auth import with_token
+    from fiun_peer.peer_auth import with_signer
 
-    return with_token(_new_channel(target, tls, channel_options(max_message_bytes)), token)
+    return with_signer(with_token(_new_channel(target, tls, channel_options(max_message_bytes)), token), identity)
 
 
 def _new_channel(target: str, tls: ClientTLS | None, options: list[tuple[str, int]]) -> grpc.Channel:
@@ -65,22 +68,28 @@ _RECONNECT_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 200), ("grpc.min_rec
 class ChannelPool:
     """One long-lived channel per peer address, shared by pushes, syncs and Fisher pulls (a channel
     per call pays a TCP, and maybe TLS, handshake each time, which on a busy peer queues up).
-    Thread-safe; ``close`` closes them all."""
+    ``identity``: sign every call with this peer key (what a peer with ``--allow-peers`` asks of
+    its callers; see ``fiun_peer.peer_auth``). Thread-safe; ``close`` closes them all."""
 
-    def __init__(self, *, tls: ClientTLS | None = None, max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
+    def __init__(self, *, tls: ClientTLS | None = None, max_message_bytes: int = MAX_MESSAGE_BYTES,
+                 identity: Identity | None = None) -> None:
         self._tls = tls
+        self._identity = identity
         self._options = channel_options(max_message_bytes) + _RECONNECT_OPTIONS
         self._channels: dict[str, grpc.Channel] = {}
         self._lock = threading.Lock()
         self._closed = False
 
     def get(self, target: str) -> grpc.Channel:
+        from fiun_peer.peer_auth import with_signer
+
         with self._lock:
             if self._closed:
                 raise RuntimeError("the channel pool is closed")
             channel = self._channels.get(target)
             if channel is None:
-                channel = self._channels[target] = _new_channel(target, self._tls, self._options)
+                channel = self._channels[target] = with_signer(_new_channel(target, self._tls, self._options),
+                                                               self._identity)
             return channel
 
     def close(self) -> None:

@@ -1,18 +1,25 @@
-"""FisherService: serve content-addressed blobs in chunks, and fetch them back with digest checks.
+"""FisherService: serve unlearning Fishers in chunks, and fetch them back with digest checks.
 
-Gossip names a Fisher (or model) by digest only; the bytes come from a peer we do not trust, so the
-client re-hashes what it reassembled and refuses anything that is not exactly the requested blob.
+Gossip names a Fisher by digest only; the bytes come from a peer we do not trust, so the client
+re-hashes what it reassembled and refuses anything that is not exactly the requested blob.
+
+The server serves only what ``fiun_peer.policy.blob_refusal`` lets peers read: Fishers named in a
+stored announcement. Anything else (weights, data, model Fishers, blobs of unknown kind) answers
+NOT_FOUND exactly as a blob it does not hold, so the answer does not confirm that a peer holds, say,
+a data set whose digest the caller guessed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import grpc
 
+from fiun_peer.policy import blob_refusal
 from fiun_peer.records import is_digest
 from fiun_peer.rpc.channel import as_channel
 from fiun_peer.rpc.generated.fiun.v1 import fisher_pb2, fisher_pb2_grpc
@@ -23,6 +30,7 @@ if TYPE_CHECKING:
 
 CHUNK_BYTES = 1 << 20  # 1 MiB: well under gRPC's default 4 MiB message limit on any peer
 MAX_BLOB_BYTES = 4 << 30  # refuse a server announcing more than this before buffering anything
+log = logging.getLogger("fiun_peer.fisher_service")
 
 
 class BlobFetchError(Exception):
@@ -39,7 +47,7 @@ class BlobDigestMismatch(BlobFetchError):
 
 
 class FisherServicer(fisher_pb2_grpc.FisherServiceServicer):
-    """Streams blobs from a :class:`~fiun_peer.store.Store`."""
+    """Streams the Fishers of a :class:`~fiun_peer.store.Store` that peers may read."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
@@ -50,10 +58,17 @@ class FisherServicer(fisher_pb2_grpc.FisherServiceServicer):
         if not is_digest(digest):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           f"digest must be 64 lowercase hex characters (sha256), got {digest[:80]!r}")
+        absent = f"no Fisher with digest {digest} here (peers are served Fishers named in announcements only)"
+        refusal = blob_refusal(self._store.blob_kinds(digest), "peer", announced=self._store.announced(digest))
+        if refusal:
+            if self._store.has_blob(digest):  # counted and logged here, invisible to the caller
+                self._store.incr("fetch_refused")
+                log.info("blob fetch refused", extra={"event": "fetch_refused", "digest": digest, "detail": refusal})
+            context.abort(grpc.StatusCode.NOT_FOUND, absent)
         try:
             fh = self._store.open_blob(digest)
         except FileNotFoundError:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"no blob with digest {digest}")
+            context.abort(grpc.StatusCode.NOT_FOUND, absent)
         with fh:
             total = os.fstat(fh.fileno()).st_size
             offset = 0

@@ -23,6 +23,7 @@ from fiun_peer.rpc.generated.fiun.v1 import (
 
 if TYPE_CHECKING:
     from fiun_peer.auth import AdminAuth, ServerTLS
+    from fiun_peer.peer_auth import PeerAuth
 
 # (servicer base class, registration function, fully-qualified service name)
 _SERVICES: tuple[tuple[type, Any, str], ...] = (
@@ -39,6 +40,7 @@ def make_server(bind: str, *servicers: object, max_message_bytes: int = MAX_MESS
                 max_workers: int = 32,
                 health_servicer: health.HealthServicer | None = None,
                 tls: ServerTLS | None = None, admin_auth: AdminAuth | None = None,
+                peer_auth: PeerAuth | None = None,
                 count: Callable[[str], Any] | None = None) -> tuple[grpc.Server, int]:
     """A threaded gRPC server bound to ``bind`` (``host:port``; port 0 picks a free one), not started.
 
@@ -46,7 +48,8 @@ def make_server(bind: str, *servicers: object, max_message_bytes: int = MAX_MESS
     registered service is marked SERVING in the health service, unless ``health_servicer`` is given:
     then they start NOT_SERVING until the caller calls :func:`set_serving`. ``tls``: serve TLS (mTLS when it
     names a client CA) instead of plaintext. ``admin_auth``: AdminService calls need one of its
-    credentials (refusals are counted with ``count(name)``). Returns ``(server, bound_port)``;
+    credentials; ``peer_auth``: RecordService and FisherService calls need a signature by an allowed
+    peer key (refusals of either are counted with ``count(name)``). Returns ``(server, bound_port)``;
     call ``server.start()``.
     """
     options = [*channel_options(max_message_bytes),
@@ -58,6 +61,10 @@ def make_server(bind: str, *servicers: object, max_message_bytes: int = MAX_MESS
         from fiun_peer.auth import AdminAuthInterceptor
 
         interceptors.append(AdminAuthInterceptor(admin_auth, count=count))
+    if peer_auth is not None:  # inside DecodeGuard: it hashes the request bytes DecodeGuard has parsed
+        from fiun_peer.peer_auth import PeerAuthInterceptor
+
+        interceptors.append(PeerAuthInterceptor(peer_auth, count=count))
     server = grpc.server(executor, options=options, interceptors=interceptors)
     names = [_register(servicer, server) for servicer in servicers]
     if len(set(names)) != len(names):

@@ -75,6 +75,28 @@ class PublishModelReply(_message.Message):
     record_id: str
     def __init__(self, model_id: _Optional[str] = ..., model_digest: _Optional[str] = ..., record_id: _Optional[str] = ...) -> None: ...
 
+class ExportModelRequest(_message.Message):
+    __slots__ = ("model_id", "model_digest", "version")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    model_digest: str
+    version: int
+    def __init__(self, model_id: _Optional[str] = ..., model_digest: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class ExportModelReply(_message.Message):
+    __slots__ = ("model_id", "model_digest", "version", "weights")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    model_digest: str
+    version: int
+    weights: bytes
+    def __init__(self, model_id: _Optional[str] = ..., model_digest: _Optional[str] = ..., version: _Optional[int] = ..., weights: _Optional[bytes] = ...) -> None: ...
+
 class ListLineageRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

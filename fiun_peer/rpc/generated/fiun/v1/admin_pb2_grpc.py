@@ -49,6 +49,11 @@ class AdminServiceStub:
                 request_serializer=fiun_dot_v1_dot_admin__pb2.PublishModelRequest.SerializeToString,
                 response_deserializer=fiun_dot_v1_dot_admin__pb2.PublishModelReply.FromString,
                 _registered_method=True)
+        self.ExportModel = channel.unary_unary(
+                '/fiun.v1.AdminService/ExportModel',
+                request_serializer=fiun_dot_v1_dot_admin__pb2.ExportModelRequest.SerializeToString,
+                response_deserializer=fiun_dot_v1_dot_admin__pb2.ExportModelReply.FromString,
+                _registered_method=True)
         self.ListLineage = channel.unary_unary(
                 '/fiun.v1.AdminService/ListLineage',
                 request_serializer=fiun_dot_v1_dot_admin__pb2.ListLineageRequest.SerializeToString,
@@ -89,9 +94,26 @@ class AdminServiceServicer:
     def PublishModel(self, request, context):
         """PublishModel registers a model version owned by this peer: it stores the weights and the
         owner's data, computes the model Fisher on that data, signs a lineage record and gossips it.
-        INVALID_ARGUMENT when the id is taken or malformed, a parent is unknown to this peer (its
-        lineage has not arrived yet), the weights do not fit the architecture, or the data holds labels
-        outside `labels`.
+        The weights and the data never leave this peer except through ExportModel (weights only); the
+        lineage record names the weights' digest but not the data's. INVALID_ARGUMENT, with nothing
+        stored and nothing signed, when the id is taken or malformed, a parent is unknown to this peer
+        (its lineage has not arrived yet) or named twice, the architecture is not a zoo model or is
+        over the size bounds (at most 262,144 input numbers and 262,144 numbers in any layer's output
+        per sample, 67,108,864 parameters, 10,000 classes; checked before any tensor is allocated),
+        the weights do not match it exactly (names, shapes, dtypes) or hold NaN or Inf, the data is
+        not float32 inputs of `in_shape` with finite values and labels inside the head (at most
+        1,000,000 samples), or the data holds labels outside `labels`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportModel(self, request, context):
+        """ExportModel returns the weights of a version of a model this peer owns: the current version,
+        or the one named by `model_digest` or `version`. This is how an owner gets the new versions
+        unlearning makes; peers cannot fetch weights (FisherService serves Fishers only). NOT_FOUND
+        when this peer does not own the model or the model has no such version; INVALID_ARGUMENT for
+        a malformed id or digest, or both a digest and a version.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -142,6 +164,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.PublishModel,
                     request_deserializer=fiun_dot_v1_dot_admin__pb2.PublishModelRequest.FromString,
                     response_serializer=fiun_dot_v1_dot_admin__pb2.PublishModelReply.SerializeToString,
+            ),
+            'ExportModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportModel,
+                    request_deserializer=fiun_dot_v1_dot_admin__pb2.ExportModelRequest.FromString,
+                    response_serializer=fiun_dot_v1_dot_admin__pb2.ExportModelReply.SerializeToString,
             ),
             'ListLineage': grpc.unary_unary_rpc_method_handler(
                     servicer.ListLineage,
@@ -223,6 +250,33 @@ class AdminService:
             '/fiun.v1.AdminService/PublishModel',
             fiun_dot_v1_dot_admin__pb2.PublishModelRequest.SerializeToString,
             fiun_dot_v1_dot_admin__pb2.PublishModelReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fiun.v1.AdminService/ExportModel',
+            fiun_dot_v1_dot_admin__pb2.ExportModelRequest.SerializeToString,
+            fiun_dot_v1_dot_admin__pb2.ExportModelReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,9 +43,22 @@ class AdminServiceStub:
     PublishModel: _grpc.UnaryUnaryMultiCallable[_admin_pb2.PublishModelRequest, _admin_pb2.PublishModelReply]
     """PublishModel registers a model version owned by this peer: it stores the weights and the
     owner's data, computes the model Fisher on that data, signs a lineage record and gossips it.
-    INVALID_ARGUMENT when the id is taken or malformed, a parent is unknown to this peer (its
-    lineage has not arrived yet), the weights do not fit the architecture, or the data holds labels
-    outside `labels`.
+    The weights and the data never leave this peer except through ExportModel (weights only); the
+    lineage record names the weights' digest but not the data's. INVALID_ARGUMENT, with nothing
+    stored and nothing signed, when the id is taken or malformed, a parent is unknown to this peer
+    (its lineage has not arrived yet) or named twice, the architecture is not a zoo model or is
+    over the size bounds (at most 262,144 input numbers and 262,144 numbers in any layer's output
+    per sample, 67,108,864 parameters, 10,000 classes; checked before any tensor is allocated),
+    the weights do not match it exactly (names, shapes, dtypes) or hold NaN or Inf, the data is
+    not float32 inputs of `in_shape` with finite values and labels inside the head (at most
+    1,000,000 samples), or the data holds labels outside `labels`.
+    """
+    ExportModel: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ExportModelRequest, _admin_pb2.ExportModelReply]
+    """ExportModel returns the weights of a version of a model this peer owns: the current version,
+    or the one named by `model_digest` or `version`. This is how an owner gets the new versions
+    unlearning makes; peers cannot fetch weights (FisherService serves Fishers only). NOT_FOUND
+    when this peer does not own the model or the model has no such version; INVALID_ARGUMENT for
+    a malformed id or digest, or both a digest and a version.
     """
     ListLineage: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListLineageRequest, _admin_pb2.ListLineageReply]
     """ListLineage returns the whole lineage graph (every model's current version) this peer knows."""
@@ -78,9 +91,22 @@ class AdminServiceAsyncStub(AdminServiceStub):
     PublishModel: _aio.UnaryUnaryMultiCallable[_admin_pb2.PublishModelRequest, _admin_pb2.PublishModelReply]  # type: ignore[assignment]
     """PublishModel registers a model version owned by this peer: it stores the weights and the
     owner's data, computes the model Fisher on that data, signs a lineage record and gossips it.
-    INVALID_ARGUMENT when the id is taken or malformed, a parent is unknown to this peer (its
-    lineage has not arrived yet), the weights do not fit the architecture, or the data holds labels
-    outside `labels`.
+    The weights and the data never leave this peer except through ExportModel (weights only); the
+    lineage record names the weights' digest but not the data's. INVALID_ARGUMENT, with nothing
+    stored and nothing signed, when the id is taken or malformed, a parent is unknown to this peer
+    (its lineage has not arrived yet) or named twice, the architecture is not a zoo model or is
+    over the size bounds (at most 262,144 input numbers and 262,144 numbers in any layer's output
+    per sample, 67,108,864 parameters, 10,000 classes; checked before any tensor is allocated),
+    the weights do not match it exactly (names, shapes, dtypes) or hold NaN or Inf, the data is
+    not float32 inputs of `in_shape` with finite values and labels inside the head (at most
+    1,000,000 samples), or the data holds labels outside `labels`.
+    """
+    ExportModel: _aio.UnaryUnaryMultiCallable[_admin_pb2.ExportModelRequest, _admin_pb2.ExportModelReply]  # type: ignore[assignment]
+    """ExportModel returns the weights of a version of a model this peer owns: the current version,
+    or the one named by `model_digest` or `version`. This is how an owner gets the new versions
+    unlearning makes; peers cannot fetch weights (FisherService serves Fishers only). NOT_FOUND
+    when this peer does not own the model or the model has no such version; INVALID_ARGUMENT for
+    a malformed id or digest, or both a digest and a version.
     """
     ListLineage: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListLineageRequest, _admin_pb2.ListLineageReply]  # type: ignore[assignment]
     """ListLineage returns the whole lineage graph (every model's current version) this peer knows."""
@@ -122,9 +148,28 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_admin_pb2.PublishModelReply, _abc.Awaitable[_admin_pb2.PublishModelReply]]:
         """PublishModel registers a model version owned by this peer: it stores the weights and the
         owner's data, computes the model Fisher on that data, signs a lineage record and gossips it.
-        INVALID_ARGUMENT when the id is taken or malformed, a parent is unknown to this peer (its
-        lineage has not arrived yet), the weights do not fit the architecture, or the data holds labels
-        outside `labels`.
+        The weights and the data never leave this peer except through ExportModel (weights only); the
+        lineage record names the weights' digest but not the data's. INVALID_ARGUMENT, with nothing
+        stored and nothing signed, when the id is taken or malformed, a parent is unknown to this peer
+        (its lineage has not arrived yet) or named twice, the architecture is not a zoo model or is
+        over the size bounds (at most 262,144 input numbers and 262,144 numbers in any layer's output
+        per sample, 67,108,864 parameters, 10,000 classes; checked before any tensor is allocated),
+        the weights do not match it exactly (names, shapes, dtypes) or hold NaN or Inf, the data is
+        not float32 inputs of `in_shape` with finite values and labels inside the head (at most
+        1,000,000 samples), or the data holds labels outside `labels`.
+        """
+
+    @_abc_1.abstractmethod
+    def ExportModel(
+        self,
+        request: _admin_pb2.ExportModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ExportModelReply, _abc.Awaitable[_admin_pb2.ExportModelReply]]:
+        """ExportModel returns the weights of a version of a model this peer owns: the current version,
+        or the one named by `model_digest` or `version`. This is how an owner gets the new versions
+        unlearning makes; peers cannot fetch weights (FisherService serves Fishers only). NOT_FOUND
+        when this peer does not own the model or the model has no such version; INVALID_ARGUMENT for
+        a malformed id or digest, or both a digest and a version.
         """
 
     @_abc_1.abstractmethod

@@ -26,7 +26,9 @@ if _version_not_supported:
 
 
 class FisherServiceStub:
-    """FisherService serves content-addressed blobs by their sha256 digest.
+    """FisherService serves the unlearning Fishers that signed Fisher announcements name, by their
+    sha256 digest. Nothing else leaves a peer this way: not its weights (the owner exports them
+    with AdminService.ExportModel), not its model Fishers, never its training data.
     """
 
     def __init__(self, channel):
@@ -43,13 +45,18 @@ class FisherServiceStub:
 
 
 class FisherServiceServicer:
-    """FisherService serves content-addressed blobs by their sha256 digest.
+    """FisherService serves the unlearning Fishers that signed Fisher announcements name, by their
+    sha256 digest. Nothing else leaves a peer this way: not its weights (the owner exports them
+    with AdminService.ExportModel), not its model Fishers, never its training data.
     """
 
     def Fetch(self, request, context):
-        """Fetch streams the blob with the given digest in order, in chunks of at most 1 MiB.
-        NOT_FOUND when the server does not hold it; INVALID_ARGUMENT when `digest` is not 64 lowercase
-        hex characters. The caller must verify the sha256 of the reassembled bytes.
+        """Fetch streams the Fisher with the given digest in order, in chunks of at most 1 MiB.
+        NOT_FOUND when the server holds no Fisher with that digest that an announcement names (also
+        for any other blob it holds, so the answer does not reveal what it holds); INVALID_ARGUMENT
+        when `digest` is not 64 lowercase hex characters. With `fiun-peer run --allow-peers`, a caller
+        must sign the call with a listed peer key (UNAUTHENTICATED / PERMISSION_DENIED otherwise).
+        The caller must verify the sha256 of the reassembled bytes.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -72,7 +79,9 @@ def add_FisherServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class FisherService:
-    """FisherService serves content-addressed blobs by their sha256 digest.
+    """FisherService serves the unlearning Fishers that signed Fisher announcements name, by their
+    sha256 digest. Nothing else leaves a peer this way: not its weights (the owner exports them
+    with AdminService.ExportModel), not its model Fishers, never its training data.
     """
 
     @staticmethod

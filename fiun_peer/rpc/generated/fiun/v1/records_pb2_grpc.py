@@ -26,7 +26,11 @@ if _version_not_supported:
 
 
 class RecordServiceStub:
-    """RecordService lets a peer catch up on, and hand over, signed records.
+    """RecordService lets a peer catch up on, and hand over, signed records. Open to any caller by
+    default (records are signed and reveal no private data); with `fiun-peer run --allow-peers FILE`
+    every method needs a call signed by a listed peer key (metadata `fiun-peer-auth`, see
+    docs/security.md): UNAUTHENTICATED without a valid signature, PERMISSION_DENIED for a key not
+    on the list.
     """
 
     def __init__(self, channel):
@@ -58,7 +62,11 @@ class RecordServiceStub:
 
 
 class RecordServiceServicer:
-    """RecordService lets a peer catch up on, and hand over, signed records.
+    """RecordService lets a peer catch up on, and hand over, signed records. Open to any caller by
+    default (records are signed and reveal no private data); with `fiun-peer run --allow-peers FILE`
+    every method needs a call signed by a listed peer key (metadata `fiun-peer-auth`, see
+    docs/security.md): UNAUTHENTICATED without a valid signature, PERMISSION_DENIED for a key not
+    on the list.
     """
 
     def Sync(self, request, context):
@@ -127,7 +135,11 @@ def add_RecordServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class RecordService:
-    """RecordService lets a peer catch up on, and hand over, signed records.
+    """RecordService lets a peer catch up on, and hand over, signed records. Open to any caller by
+    default (records are signed and reveal no private data); with `fiun-peer run --allow-peers FILE`
+    every method needs a call signed by a listed peer key (metadata `fiun-peer-auth`, see
+    docs/security.md): UNAUTHENTICATED without a valid signature, PERMISSION_DENIED for a key not
+    on the list.
     """
 
     @staticmethod

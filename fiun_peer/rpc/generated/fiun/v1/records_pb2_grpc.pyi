@@ -29,7 +29,12 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class RecordServiceStub:
-    """RecordService lets a peer catch up on, and hand over, signed records."""
+    """RecordService lets a peer catch up on, and hand over, signed records. Open to any caller by
+    default (records are signed and reveal no private data); with `fiun-peer run --allow-peers FILE`
+    every method needs a call signed by a listed peer key (metadata `fiun-peer-auth`, see
+    docs/security.md): UNAUTHENTICATED without a valid signature, PERMISSION_DENIED for a key not
+    on the list.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -56,7 +61,12 @@ class RecordServiceStub:
 
 @_typing.type_check_only
 class RecordServiceAsyncStub(RecordServiceStub):
-    """RecordService lets a peer catch up on, and hand over, signed records."""
+    """RecordService lets a peer catch up on, and hand over, signed records. Open to any caller by
+    default (records are signed and reveal no private data); with `fiun-peer run --allow-peers FILE`
+    every method needs a call signed by a listed peer key (metadata `fiun-peer-auth`, see
+    docs/security.md): UNAUTHENTICATED without a valid signature, PERMISSION_DENIED for a key not
+    on the list.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Sync: _aio.UnaryStreamMultiCallable[_records_pb2.SyncRequest, _records_pb2.Envelope]  # type: ignore[assignment]
@@ -79,7 +89,12 @@ class RecordServiceAsyncStub(RecordServiceStub):
     """
 
 class RecordServiceServicer(metaclass=_abc_1.ABCMeta):
-    """RecordService lets a peer catch up on, and hand over, signed records."""
+    """RecordService lets a peer catch up on, and hand over, signed records. Open to any caller by
+    default (records are signed and reveal no private data); with `fiun-peer run --allow-peers FILE`
+    every method needs a call signed by a listed peer key (metadata `fiun-peer-auth`, see
+    docs/security.md): UNAUTHENTICATED without a valid signature, PERMISSION_DENIED for a key not
+    on the list.
+    """
 
     @_abc_1.abstractmethod
     def Sync(
