@@ -23,6 +23,7 @@ from security_support import AgentHost
 
 from fiun_peer.core.fiun import FIUnSettings
 from fiun_peer.models import build_model
+from fiun_peer.records import LINEAGE_V1
 from fiun_peer.rpc.channel import open_channel
 from fiun_peer.rpc.generated.fiun.v1 import admin_pb2, fisher_pb2, records_pb2
 from fiun_peer.tensors import to_bytes
@@ -186,14 +187,21 @@ def report():
 
 
 def footprint(host: AgentHost, request) -> tuple:
-    """What a PublishModel call could leave behind: the model's state and lineage records, its
-    weights and data blobs, a lineage record for it handed to gossip. (Not the whole store: the
-    agent's own work on earlier requests goes on in the background.)"""
+    """What a PublishModel call could leave behind: the model's first version in the store (its
+    state's original weights and data digests, its version-1 lineage records), its weights and data
+    blobs, a version-1 lineage record for it handed to gossip. Not the whole store: the agent's own
+    work on earlier requests goes on in the background, and applying one to this model id writes a
+    new version (state, a version-2 record, receipts) between two reads; that is not the call's."""
     mid = request.model_id
     blobs = [host.call(host.store.has_blob, hashlib.sha256(b).hexdigest()) for b in (request.weights, request.data)]
-    lineage = [r.record_id for r in host.call(host.store.records, "lineage") if r.predicate["model_id"] == mid]
-    sent = sum(f'"model_id":"{mid}"'.encode() in base64.b64decode(json.loads(env)["payload"]) for env in host.published)
-    return host.call(host.store.get_state, f"model:{mid}"), lineage, blobs, sent
+    lineage = [r.record_id for r in host.call(host.store.records, "lineage")
+               if r.predicate["model_id"] == mid and r.predicate["version"] == 1]
+    statements = [json.loads(base64.b64decode(json.loads(env)["payload"])) for env in host.published]
+    sent = sum(s["predicateType"] == LINEAGE_V1 and s["predicate"].get("model_id") == mid
+               and s["predicate"].get("version") == 1 for s in statements)
+    state = host.call(host.store.get_state, f"model:{mid}")
+    first = None if state is None else (state.get("original"), state.get("data"))
+    return first, lineage, blobs, sent
 
 
 def test_fuzz_every_method_with_generated_messages(tmp_path: Path) -> None:

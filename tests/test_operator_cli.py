@@ -156,6 +156,16 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _readme_kernels() -> bool:
+    """Whether torch runs the kernels the README's digests were made with (an Intel CPU, AVX-512):
+    torch and MKL choose kernels by CPU, and another choice sums in another order (other bits)."""
+    import torch
+
+    cpuinfo = Path("/proc/cpuinfo")
+    intel = cpuinfo.exists() and "GenuineIntel" in cpuinfo.read_text()
+    return intel and torch.backends.cpu.get_cpu_capability() == "AVX512"
+
+
 def test_readme_walkthrough_digests_are_what_the_code_makes(il_stage) -> None:
     """The files `fiun-sim export` writes are hashed exactly as a peer names them (sha256 of the
     weights blob); the unlearned versions come from Algorithm 1 in process, which the network tests
@@ -163,6 +173,8 @@ def test_readme_walkthrough_digests_are_what_the_code_makes(il_stage) -> None:
     from fiun_peer.tensors import to_bytes
     from simulations.centralized import run_fiun
 
+    if not _readme_kernels():
+        pytest.skip("the README's digests are an Intel AVX-512 CPU's; this CPU's kernels give other bits")
     cfg, stage, out, _ = il_stage
     readme = (ROOT / "README.md").read_text()
     old = {n.id: _digest(out / n.id / "weights.safetensors") for n in stage.nodes}
