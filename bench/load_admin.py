@@ -89,7 +89,7 @@ def run_load(root: Path, *, calls: int = 2000, clients: int = 8, requests: int =
                     try:
                         if method == "RequestUnlearning":
                             stub.RequestUnlearning(admin_pb2.RequestUnlearningRequest(
-                                forget_labels=FORGET, request_id=rid), timeout=60)
+                                forget_labels=FORGET, request_id=rid, force=True), timeout=60)  # any labels
                             with lock:
                                 made.append(rid)
                         elif method == "GetRequest":

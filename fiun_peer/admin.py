@@ -11,7 +11,7 @@ from typing import Any
 
 import grpc
 
-from .agent import Agent, AgentError, NotFound
+from .agent import Agent, AgentError, NotFound, NotReady
 from .bridge import BridgeClosed, TrioBridge
 from .policy import blob_refusal
 from .records import RecordError, sha256_hex
@@ -26,6 +26,9 @@ def _guard(fn: Callable) -> Callable:
     def wrapper(self: AdminServicer, request: Any, context: grpc.ServicerContext) -> Any:
         try:
             return fn(self, request, context)
+        except NotReady as exc:  # valid, but not now: waiting or --force may change the answer
+            self._count("admin_failed_precondition")
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         except (AgentError, RecordError, TensorFileError) as exc:  # the caller's input, not our bug
             self._count("admin_invalid_argument")
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -112,7 +115,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         if settings is not None and not isinstance(settings, dict):
             raise AgentError("settings_json must be a JSON object")
         call = functools.partial(self._agent.request_unlearning, list(request.forget_labels), settings,
-                                 request.request_id)
+                                 request.request_id, force=request.force)
         rid, record_id, affected, discovery = self._bridge.call(call)
         return admin_pb2.RequestUnlearningReply(request_id=rid, record_id=record_id, affected_models=affected,
                                                 discovery_models=discovery)

@@ -62,6 +62,12 @@ class NotFound(LookupError):
     pass
 
 
+class NotReady(AgentError):
+    """A well-formed call that this peer's view of the network cannot take yet (a parent whose
+    lineage has not arrived, labels no model holds); the admin API maps it to FAILED_PRECONDITION,
+    so a client knows that waiting (or ``--force``) may change the answer and fixing the input won't."""
+
+
 def settings_key(s: FIUnSettings) -> str:
     """Which model Fisher (Eq. 4) a setting needs: it depends on the estimator only through these."""
     return f"{s.estimator}:T{s.temperature:g}:B{s.batch_size}"
@@ -314,7 +320,8 @@ class Agent:
         parent_refs = []
         for pid, relation in parents:
             if self.view.owner(pid) is None:
-                raise AgentError(f"unknown parent model {pid[:128]!r} (has its lineage reached this peer?)")
+                raise NotReady(f"unknown parent model {pid[:128]!r}: its lineage has not reached this peer "
+                               "(yet?); publish it first, or retry (fiun-peer admin publish --wait-parents)")
             parent_refs.append({"model_id": pid, "digest": self._original_digest(pid), "relation": relation})
         spec = check_architecture(architecture)   # before any real tensor is allocated
         check_labels(labels, spec)
@@ -404,7 +411,10 @@ class Agent:
 
     # -- admin: request -----------------------------------------------------------------------
     async def request_unlearning(self, forget_labels: list[int], settings: dict[str, Any] | None,
-                                 request_id: str = "") -> tuple[str, str, list[str], list[str]]:
+                                 request_id: str = "", *, force: bool = False) -> tuple[str, str, list[str], list[str]]:
+        """Sign and spread a request to forget ``forget_labels``. Labels that no model of the lineage
+        this peer knows holds are refused (NotReady) unless ``force``: a request for models that
+        join later is a real case, but more often a typo that would be signed and kept by every peer."""
         if not forget_labels or any(c < 0 for c in forget_labels):
             raise AgentError("forget_labels must be a non-empty list of non-negative labels")
         s = settings_from(settings)
@@ -418,6 +428,12 @@ class Agent:
                                  f"{existing.predicate['forget_labels']}")
             rec = existing
         else:
+            unheld = sorted(set(forget_labels) - {c for m in self.view.umig.models() for c in self.view.umig.labels(m)})
+            if unheld and not force:
+                raise NotReady(f"no model in the lineage this peer knows ({len(self.view.umig)} models) holds "
+                               f"label{'s' if len(unheld) > 1 else ''} {', '.join(map(str, unheld[:20]))}; "
+                               "nothing would be unlearned. To ask models that join later to forget it, "
+                               "request it with force (fiun-peer admin unlearn --force)")
             rec = build_request(self.identity, request_id=request_id, forget_labels=forget_labels,
                                 settings=s.to_dict())
             await self.publish_record(rec)

@@ -191,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--parents", nargs="*", type=_parent, default=[], metavar="MODEL[:RELATION]",
                      help="parent models with relation aggregate|finetune|incremental|distill|transfer")
     pub.add_argument("--labels", type=_labels, default=[], help="own label set (default: labels in --data)")
+    pub.add_argument("--wait-parents", type=float, nargs="?", const=60.0, default=0.0, metavar="SECONDS",
+                     help="while a parent's lineage has not reached this peer yet (FAILED_PRECONDITION), retry "
+                          "for up to SECONDS (60 when given alone; default: fail at once)")
     ex = action("export", "write the weights of a model version this peer owns to a file")
     ex.add_argument("--model-id", required=True)
     which = ex.add_mutually_exclusive_group()
@@ -201,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     un.add_argument("--labels", required=True, type=_labels, help="labels to forget, e.g. 2,9")
     un.add_argument("--id", default="", help="request id (default: generated); requests are idempotent by id")
     un.add_argument("--settings", default="", help='FIUn settings JSON, e.g. {"gamma": 3.0}')
+    un.add_argument("--force", action="store_true",
+                    help="accept labels that no model of the lineage holds yet (for models that join later); "
+                         "without it such a request is refused and nothing is signed")
     rq = action("request", "progress of a request: affected models, receipts, why pending")
     rq.add_argument("request_id")
     rq.add_argument("--wait", action="store_true", help="poll until every affected model has a receipt")
@@ -473,7 +479,7 @@ def _admin(args: argparse.Namespace) -> int:
             model_id=args.model_id, weights=args.weights.read_bytes(), data=args.data.read_bytes(),
             parents=[admin_pb2.Parent(model_id=m, relation=rel) for m, rel in args.parents],
             labels=args.labels, architecture_json=arch)
-        r = stub.PublishModel(req, timeout=t)
+        r = _retry_while_parents_unknown(lambda: stub.PublishModel(req, timeout=t), args.wait_parents)
         show(r, f"published {r.model_id} {r.model_digest}\n  record {r.record_id}")
     elif args.action == "export":
         from .files import write_atomic
@@ -487,7 +493,7 @@ def _admin(args: argparse.Namespace) -> int:
         show(r_meta, f"exported {r.model_id} v{r.version} {r.model_digest}\n  to {args.out} ({len(r.weights)} bytes)")
     elif args.action == "unlearn":
         r = stub.RequestUnlearning(admin_pb2.RequestUnlearningRequest(
-            forget_labels=args.labels, settings_json=args.settings, request_id=args.id), timeout=t)
+            forget_labels=args.labels, settings_json=args.settings, request_id=args.id, force=args.force), timeout=t)
         show(r, f"request {r.request_id}\n  discovery models {', '.join(r.discovery_models) or '-'}\n"
                 f"  affected models  {', '.join(r.affected_models) or '-'}")
     elif args.action == "request":
@@ -497,6 +503,24 @@ def _admin(args: argparse.Namespace) -> int:
         show(r, "\n".join(f"{x.request_id} {x.model_id}: {x.old_digest[:12]} -> {x.new_digest[:12]}"
                           for x in r.receipts) or "(no receipts)")
     return 0
+
+
+def _retry_while_parents_unknown(call: Any, seconds: float) -> Any:
+    """``publish --wait-parents``: repeat ``call`` while the peer answers FAILED_PRECONDITION (a
+    parent's lineage is still on its way), up to ``seconds``; anything else ends it at once."""
+    deadline = time.monotonic() + max(seconds, 0.0)
+    told = False
+    while True:
+        try:
+            return call()
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.FAILED_PRECONDITION or time.monotonic() >= deadline:
+                raise
+            if not told:
+                print(f"fiun-peer: waiting for the parents' lineage (up to {seconds:g}s): {exc.details()}",
+                      file=sys.stderr, flush=True)
+                told = True
+            time.sleep(0.5)
 
 
 def _show_request(stub, admin_pb2, args, show) -> int:

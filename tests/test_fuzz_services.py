@@ -29,7 +29,7 @@ from fiun_peer.rpc.generated.fiun.v1 import admin_pb2, fisher_pb2, records_pb2
 from fiun_peer.tensors import to_bytes
 
 TOKEN = "fuzz-token"
-CLIENT_ERRORS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND}
+CLIENT_ERRORS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION}
 TALLY: Counter = Counter()
 
 # (service, method, request class, response streams?) of every method in the wire contract

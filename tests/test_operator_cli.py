@@ -199,6 +199,52 @@ def test_the_export_hint_is_a_command_that_works(il_stage, peer) -> None:
     assert done.stdout.startswith(f"published g {_digest(out / 'g' / 'weights.safetensors')}")
 
 
+def _publish_argv(home: Path, out: Path, model_id: str, source: str, *extra: str) -> list[str]:
+    return ["admin", "--home", str(home), "publish", "--model-id", model_id,
+            "--weights", str(out / source / "weights.safetensors"), "--data", str(out / source / "data.safetensors"),
+            "--arch", str(out / "arch.json"), *extra]
+
+
+def test_publish_waits_for_parents_on_request(il_stage, peer) -> None:
+    """A parent not known yet is FAILED_PRECONDITION (retrying may help; fixing the input won't), and
+    `--wait-parents` retries until its lineage arrives (here: its owner publishes it meanwhile)."""
+    _, _, out, _ = il_stage
+    home = peer[0]
+    done = subprocess.run([*CLI, *_publish_argv(home, out, "kid0", "a", "--parents", "par:finetune")], env=_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "FAILED_PRECONDITION" in done.stderr, done.stderr
+    assert "unknown parent model 'par'" in done.stderr and "--wait-parents" in done.stderr
+    waiting = subprocess.Popen([*CLI, *_publish_argv(home, out, "kid", "a", "--parents", "par:finetune",
+                                                     "--wait-parents", "120")],
+                               env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "waiting for the parents' lineage (up to 120s)" in waiting.stderr.readline()
+        assert waiting.poll() is None                  # still waiting: the parent is not there
+        done = subprocess.run([*CLI, *_publish_argv(home, out, "par", "g")], env=_env(), capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        stdout, stderr = waiting.communicate(timeout=120)
+    finally:
+        waiting.kill()
+    assert waiting.returncode == 0 and stdout.startswith("published kid "), stderr
+
+
+def test_unlearning_labels_no_model_holds_needs_force(il_stage, peer, capsys) -> None:
+    _, _, out, _ = il_stage
+    home = peer[0]
+    if peer_main(["admin", "--home", str(home), "lineage"]) == 0 and "\npar " not in "\n" + capsys.readouterr().out:
+        assert peer_main(_publish_argv(home, out, "par", "g")) == 0  # a lineage to ask about (labels 0-5)
+    capsys.readouterr()
+    assert peer_main(["admin", "--home", str(home), "unlearn", "--labels", "2,42", "--id", "typo"]) == 1
+    err = capsys.readouterr().err
+    assert "FAILED_PRECONDITION" in err and "holds label 42;" in err and "--force" in err, err
+    assert peer_main(["admin", "--home", str(home), "request", "typo"]) == 1   # nothing was signed
+    assert "NOT_FOUND" in capsys.readouterr().err
+    assert peer_main(["admin", "--home", str(home), "unlearn", "--labels", "42", "--id", "later", "--force"]) == 0
+    assert capsys.readouterr().out.startswith("request later\n")
+    assert peer_main(["admin", "--home", str(home), "request", "later"]) == 0
+
+
 def test_stopping_never_removes_another_process_run_json(peer, tmp_path) -> None:
     # Last in the module: it stops the shared daemon. Its run.json now names another process (as
     # after a second start took over, before the home lock): a clean stop must leave it alone.

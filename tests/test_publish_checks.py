@@ -109,7 +109,8 @@ def test_bad_publish_is_refused_and_leaves_nothing(host, stub, case: str) -> Non
     before = snapshot(host)
     with pytest.raises(grpc.RpcError) as info:
         stub.PublishModel(request(**fields), timeout=60)
-    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (case, info.value.code(), info.value.details())
+    want = grpc.StatusCode.FAILED_PRECONDITION if case == "unknown parent" else grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.code() == want, (case, info.value.code(), info.value.details())
     assert reason in info.value.details(), (case, info.value.details())
     assert snapshot(host) == before, case        # nothing stored, nothing signed or sent
 

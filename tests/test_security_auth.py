@@ -220,7 +220,8 @@ def test_two_daemons_sync_records_over_mtls(tmp_path: Path) -> None:
         a = _wait_run(tmp_path / "alice", procs[0])
         with open_channel(a["grpc"], tls=admin_tls) as ch:
             admin_pb2_grpc.AdminServiceStub(ch).RequestUnlearning(
-                admin_pb2.RequestUnlearningRequest(forget_labels=[4], request_id="over-tls"), timeout=30)
+                admin_pb2.RequestUnlearningRequest(forget_labels=[4], request_id="over-tls", force=True),
+                timeout=30)  # no model yet: a request for models that join later
             alice_key = _status(ch).public_key
         procs.append(_start(tmp_path / "bob", "bob", tls["bob"],
                             ["--requester", alice_key, "--bootstrap", *a["p2p"]]))

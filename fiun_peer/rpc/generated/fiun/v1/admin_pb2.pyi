@@ -124,14 +124,16 @@ class LineageEntry(_message.Message):
     def __init__(self, model_id: _Optional[str] = ..., model_digest: _Optional[str] = ..., parents: _Optional[_Iterable[_Union[Parent, _Mapping]]] = ..., labels: _Optional[_Iterable[int]] = ..., owner: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class RequestUnlearningRequest(_message.Message):
-    __slots__ = ("forget_labels", "settings_json", "request_id")
+    __slots__ = ("forget_labels", "settings_json", "request_id", "force")
     FORGET_LABELS_FIELD_NUMBER: _ClassVar[int]
     SETTINGS_JSON_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
     forget_labels: _containers.RepeatedScalarFieldContainer[int]
     settings_json: str
     request_id: str
-    def __init__(self, forget_labels: _Optional[_Iterable[int]] = ..., settings_json: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    force: bool
+    def __init__(self, forget_labels: _Optional[_Iterable[int]] = ..., settings_json: _Optional[str] = ..., request_id: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
 
 class RequestUnlearningReply(_message.Message):
     __slots__ = ("request_id", "record_id", "affected_models", "discovery_models")

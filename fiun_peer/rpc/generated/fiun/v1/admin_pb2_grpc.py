@@ -96,13 +96,15 @@ class AdminServiceServicer:
         owner's data, computes the model Fisher on that data, signs a lineage record and gossips it.
         The weights and the data never leave this peer except through ExportModel (weights only); the
         lineage record names the weights' digest but not the data's. INVALID_ARGUMENT, with nothing
-        stored and nothing signed, when the id is taken or malformed, a parent is unknown to this peer
-        (its lineage has not arrived yet) or named twice, the architecture is not a zoo model or is
+        stored and nothing signed, when the id is taken or malformed, a parent is named twice, the
+        architecture is not a zoo model or is
         over the size bounds (at most 262,144 input numbers and 262,144 numbers in any layer's output
         per sample, 67,108,864 parameters, 10,000 classes; checked before any tensor is allocated),
         the weights do not match it exactly (names, shapes, dtypes) or hold NaN or Inf, the data is
         not float32 inputs of `in_shape` with finite values and labels inside the head (at most
-        1,000,000 samples), or the data holds labels outside `labels`.
+        1,000,000 samples), or the data holds labels outside `labels`. FAILED_PRECONDITION, with
+        nothing stored, when a parent is unknown to this peer (its lineage has not arrived yet): the
+        same call may succeed once it has (`fiun-peer admin publish --wait-parents` retries).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -130,7 +132,8 @@ class AdminServiceServicer:
         """RequestUnlearning signs and gossips an unlearning request and reports which models it affects.
         Idempotent by `request_id`: repeating a request returns the original one (INVALID_ARGUMENT if
         the same id comes with other labels). Any peer may take the request; the affected models'
-        owners do the work.
+        owners do the work. FAILED_PRECONDITION, with nothing signed, when no model of the lineage
+        this peer knows holds one of the labels, unless `force`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
