@@ -125,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)")
     r.add_argument("--sync-interval", type=float, default=5.0, help="seconds between anti-entropy rounds; each round that finds nothing doubles the gap, up to 4x")
     r.add_argument("--log-json", action="store_true", help="one JSON object per log line")
+    r.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="least severe log lines shown (debug adds every retry and dial)")
     r.add_argument("--requester", action="append", default=[], metavar="PUBLIC_KEY",
                    help="also accept unlearning requests signed by this Ed25519 public key (64 hex; repeatable). "
                         "Always accepted: this peer's key and every key that owns a model in the lineage")
@@ -290,10 +292,11 @@ def _main(argv: list[str] | None) -> int:
         from . import log
         from .auth import AuthError
         from .daemon import run
+        from .gossip import GossipError
         from .identity import IdentityError
         from .policy import PolicyError
 
-        log.setup(name=args.home.name, as_json=args.log_json)
+        log.setup(name=args.home.name, as_json=args.log_json, level=getattr(logging, args.log_level.upper()))
         try:
             logging.getLogger("fiun_peer.config").info(
                 "configuration", extra={"event": "config", "file": str(resolved.config_file or ""),
@@ -305,7 +308,7 @@ def _main(argv: list[str] | None) -> int:
                 sync_interval=args.sync_interval, requesters=args.requester, admin_cns=args.admin_cn,
                 tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca, tls_ca=args.tls_ca,
                 allow_peers=args.allow_peers)
-        except (IdentityError, AuthError, PolicyError, OSError, ValueError) as exc:
+        except (IdentityError, AuthError, PolicyError, GossipError, OSError, ValueError) as exc:
             print(f"fiun-peer: error: {exc}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
@@ -431,7 +434,10 @@ def status_text(s: Any) -> str:
     width = max((len(k) for k, _ in counters), default=0)
     lines = [f"peer {s.name}  {s.peer_id}", f"  grpc             {s.grpc_address}",
              f"  p2p              {' '.join(s.p2p_addresses) or '-'}",
-             f"  connected peers  {s.connected_peers}", f"  records          {s.records}",
+             f"  connected peers  {s.connected_peers}" + (
+                 "  (warning: not connected to any peer; a lone peer is fine, else check --bootstrap "
+                 "and the daemon's log)" if s.connected_peers == 0 else ""),
+             f"  records          {s.records}",
              f"  models           {', '.join(s.models) or '-'}",
              "  counters" + ("" if counters else "         (none yet)")]
     lines += [f"    {k:<{width}}  {v}" for k, v in counters]

@@ -27,12 +27,13 @@ from grpc_health.v1 import health
 from .admin import AdminServicer
 from .agent import Agent
 from .auth import DEFAULT_ADMIN_CN, AdminAuth, AuthError, ClientTLS, ServerTLS, ensure_token
+from .binds import check_free, host_port, p2p_host_port
 from .bridge import TrioBridge
 from .gossip import GossipConfig, GossipError, GossipNode
 from .home import RUN_FILE, HomeLock, remove_run_file
 from .identity import Identity
 from .join import join_via, split_bootstrap
-from .metrics import GossipView, PeerMetrics, parse_bind
+from .metrics import GossipView, PeerMetrics
 from .pacing import SyncPacer, with_retries
 from .peer_auth import AllowList, PeerAuth
 from .policy import RequesterPolicy
@@ -91,8 +92,12 @@ async def _serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str 
     ``fiun_peer.peer_auth``)."""
     torch.set_num_threads(1)  # the same thread count as the centralized reference: same bits
     maddrs, grpc_targets = split_bootstrap(list(bootstrap or []))
+    # Malformed addresses and ports in use, in the operator's terms, before grpc-core or libp2p say it in theirs.
+    check_free(*host_port(grpc_bind, "--grpc"), "--grpc")
+    if p2p_bind := p2p_host_port(p2p_listen):
+        check_free(*p2p_bind, "--p2p")
     if metrics:
-        parse_bind(metrics)  # a malformed address fails before anything is opened
+        check_free(*host_port(metrics, "--metrics"), "--metrics")
     identity = Identity.load(home)
     # Security settings first: a peer that cannot authenticate its admin API must not start.
     admin_auth = AdminAuth(token=ensure_token(home), admin_cns=frozenset(admin_cns or [DEFAULT_ADMIN_CN]))
@@ -394,4 +399,14 @@ def _reachable(bind: str, port: int) -> str:
 
 
 def run(home: Path, **kwargs: Any) -> None:
-    trio.run(functools.partial(serve, home, **kwargs))
+    """``serve`` on a new trio loop. A failure that ends the daemon from inside a task group comes
+    out plainly (not wrapped in an exception group), so the CLI can say it in one line."""
+    try:
+        trio.run(functools.partial(serve, home, **kwargs))
+    except BaseExceptionGroup as group:
+        leaf = group
+        while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
+            leaf = leaf.exceptions[0]
+        if isinstance(leaf, BaseExceptionGroup):
+            raise
+        raise leaf from group

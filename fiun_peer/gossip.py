@@ -71,6 +71,8 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
 
+from .pacing import FailureWatch
+
 logger = logging.getLogger(__name__)
 
 RECORDS_TOPIC = "fiun/records/v1"
@@ -526,6 +528,8 @@ class GossipNode:
             return
         c = self.config
         delay = c.bootstrap_backoff_initial
+        watch = FailureWatch(logger, f"bootstrap peer {addr}", event="bootstrap_unreachable",
+                             hint="check --bootstrap (its multiaddr and /p2p/ peer id) and that peer's log")
         while True:
             if self._host.get_network().get_connections(info.peer_id):
                 delay = c.bootstrap_backoff_initial
@@ -535,10 +539,11 @@ class GossipNode:
             try:
                 with trio.fail_after(max(10.0, c.bootstrap_backoff_max)):
                     await self._host.connect(info)
+                watch.succeeded()
                 logger.info("connected to bootstrap peer %s", addr)
                 continue
             except Exception as exc:  # not up yet, refused, timed out: retry, never crash
-                logger.debug("bootstrap dial %s failed (%s); retry in %.1fs", addr, exc, delay)
+                watch.failed(f"{type(exc).__name__}: {exc}")
             await trio.sleep(delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, c.bootstrap_backoff_max)
 

@@ -16,7 +16,9 @@ from collections.abc import Callable
 
 import multiaddr
 import trio
+from libp2p.peer.peerinfo import info_from_p2p_addr
 
+from .pacing import FailureWatch
 from .rpc.record_service import identify_peer
 
 log = logging.getLogger("fiun_peer.join")
@@ -28,11 +30,32 @@ def split_bootstrap(entries: list[str]) -> tuple[list[str], list[str]]:
     """(libp2p multiaddrs, gRPC ``host:port`` targets) of a ``--bootstrap`` list."""
     maddrs = [e for e in entries if e.startswith("/")]
     targets = [e for e in entries if not e.startswith("/")]
+    for m in maddrs:
+        check_bootstrap_multiaddr(m)
     for t in targets:
         host, sep, port = t.rpartition(":")
         if not sep or not host or not port.isdigit():
             raise ValueError(f"bootstrap entry {t!r} is neither a multiaddr (/ip4/.../p2p/ID) nor HOST:PORT")
     return maddrs, targets
+
+
+def check_bootstrap_multiaddr(text: str) -> None:
+    """A ValueError in the operator's terms unless ``text`` is a multiaddr ending in /p2p/<peer id>
+    (libp2p's own words for a missing one: "The last protocol should be `P_P2P` (421) instead of `6`")."""
+    try:
+        addr = multiaddr.Multiaddr(text)
+    except Exception as exc:
+        raise ValueError(f"bootstrap entry {text!r} is not a valid multiaddr ({exc}); give a peer's gRPC "
+                         "HOST:PORT, or /ip4/HOST/tcp/PORT/p2p/<peer id>") from None
+    protocols = [p.name for p in addr.protocols()]
+    if not protocols or protocols[-1] != "p2p":
+        raise ValueError(f"bootstrap multiaddr {text!r} does not say which peer to expect: end it with "
+                         "/p2p/<peer id> (`fiun-peer admin status` on that peer prints it), or give the "
+                         "peer's gRPC HOST:PORT instead and its peer id is asked for")
+    try:
+        info_from_p2p_addr(addr)
+    except Exception as exc:
+        raise ValueError(f"bootstrap multiaddr {text!r}: its peer id is not valid ({exc})") from None
 
 
 def _resolve(host: str) -> str:
@@ -73,29 +96,33 @@ async def join_via(target: str, *, own_peer_id: str, connected: Callable[[], lis
     """
     delay = 0.5
     via_host = target.rpartition(":")[0].strip("[]")
+    watch = FailureWatch(log, f"bootstrap peer {target}", event="bootstrap_unreachable",
+                         hint="check --bootstrap (a running peer's gRPC HOST:PORT) and that peer's log")
     while True:
         try:
             info = await trio.to_thread.run_sync(identify, target)
         except Exception as exc:  # not up yet, not resolvable yet (Kubernetes DNS), refused
-            log.debug("bootstrap identify failed", extra={"event": "bootstrap_wait", "target": target,
-                                                          "detail": str(exc)[:200]})
+            watch.failed(f"{type(exc).__name__}: {getattr(exc, 'details', lambda: '')() or exc}")
         else:
             if info.peer_id == own_peer_id:
                 log.info("bootstrap target is this peer", extra={"event": "bootstrap_self", "target": target})
                 return
             addrs = await trio.to_thread.run_sync(dialable, list(info.p2p_addresses), via_host)
+            errors = [] if addrs else [f"it advertises no libp2p address we can dial: {list(info.p2p_addresses)[:4]}"]
             for addr in addrs:
                 try:
                     await connect(addr)
                 except Exception as exc:
-                    log.debug("bootstrap dial failed", extra={"event": "bootstrap_dial_failed", "addr": addr,
-                                                              "detail": str(exc)[:200]})
+                    errors.append(f"{addr}: {exc}")
                     continue
+                watch.succeeded()
                 log.info("joined through bootstrap peer", extra={"event": "bootstrap_joined", "target": target,
                                                                  "remote": info.peer_id, "addr": addr})
                 delay = 0.5
                 while info.peer_id in connected():
                     await trio.sleep(check_interval)
                 break
+            else:
+                watch.failed(f"answered on gRPC but its libp2p side did not: {'; '.join(errors)[:300]}")
         await trio.sleep(delay * random.uniform(0.8, 1.2))
         delay = min(delay * 2, backoff_max)

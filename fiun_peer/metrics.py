@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .binds import host_port
 from .store import Store
 
 log = logging.getLogger("fiun_peer.metrics")
@@ -104,14 +105,6 @@ class PeerCollector(Collector):
         yield info
 
 
-def parse_bind(bind: str) -> tuple[str, int]:
-    """``HOST:PORT`` (empty host: all interfaces) as (host, port); OSError when malformed."""
-    host, sep, port = bind.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise OSError(f"--metrics wants HOST:PORT, got {bind!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
-
-
 class PeerMetrics:
     """The registry of one peer: the collector plus the apply-latency histograms."""
 
@@ -133,7 +126,7 @@ class PeerMetrics:
 
     def serve(self, bind: str) -> str:
         """Serve ``/metrics`` on ``HOST:PORT`` (port 0 picks one); returns the bound address."""
-        host, port = parse_bind(bind)
+        host, port = host_port(bind, "--metrics")
         try:
             self._server, _thread = start_http_server(port, addr=host, registry=self.registry)
         except OSError as exc:

@@ -8,6 +8,9 @@
   request's pushes already reach the peers that act on it, and rounds at the base rate racing them
   (64 peers each pulling every new record at once) slowed the request at 64 peers on 2 cores from
   13 s to 112 s (``bench/exp_scale.py``; RESULTS.md, the Scale reading). A quiet network still repairs a gap within ``backoff * base``.
+* :class:`FailureWatch`: a retried action (dialling a bootstrap peer) stays quiet while it fails now
+  and then, and warns once failures persist, naming what it tries to reach: a wrong ``--bootstrap``
+  address used to give 25 s of silence with the retries at debug level.
 * :func:`with_retries`: a push to a peer that waits on the record (an announcement to an heir's
   owner, a receipt to the requester) is tried again after each delay before it is left to
   anti-entropy, which at 64 peers reached a given peer only after tens of seconds.
@@ -15,6 +18,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -52,3 +57,36 @@ async def with_retries(attempt: Callable[[], Awaitable[None]], delays: tuple[flo
         if i < len(delays):
             await trio.sleep(delays[i])
     return False
+
+
+class FailureWatch:
+    """Consecutive failures of one retried action. The ``warn_after``-th failure in a row logs a
+    warning naming ``what`` and the last error, and so does at most one failure per ``every``
+    seconds after it; a success after a warning logs that it recovered."""
+
+    def __init__(self, log: logging.Logger, what: str, *, event: str, hint: str = "", warn_after: int = 3,
+                 every: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._log, self.what, self.event, self.hint = log, what, event, hint
+        self.warn_after, self.every, self._clock = warn_after, every, clock
+        self.failures = 0
+        self._warned_at: float | None = None
+
+    def failed(self, detail: str) -> bool:
+        """Count one failure; True when it was reported as a warning."""
+        self.failures += 1
+        now = self._clock()
+        due = self.failures >= self.warn_after and (self._warned_at is None or now - self._warned_at >= self.every)
+        if due:
+            self._warned_at = now
+            self._log.warning(f"{self.what} unreachable after {self.failures} attempts, still retrying: "
+                              f"{detail[:300]}{'; ' + self.hint if self.hint else ''}",
+                              extra={"event": self.event, "attempts": self.failures})
+        else:
+            self._log.debug(f"{self.what} attempt failed", extra={"event": self.event, "detail": detail[:200]})
+        return due
+
+    def succeeded(self) -> None:
+        if self._warned_at is not None:
+            self._log.info(f"{self.what} reached after {self.failures} failed attempts",
+                              extra={"event": f"{self.event}_recovered"})
+        self.failures, self._warned_at = 0, None

@@ -13,7 +13,7 @@ import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
-from fiun_peer.metrics import parse_bind
+from fiun_peer.binds import host_port
 from fiun_peer.models import build_model
 from fiun_peer.rpc import admin_pb2
 from fiun_peer.rpc.record_service import push_record
@@ -90,14 +90,14 @@ def test_metrics_move_after_an_unlearning_request(tmp_path, monkeypatch) -> None
 
 
 @pytest.mark.parametrize("bind", ["nonsense", "127.0.0.1:notaport", "127.0.0.1:70000", ":"])
-def test_parse_bind_refuses_malformed_addresses(bind) -> None:
+def test_host_port_refuses_malformed_addresses(bind) -> None:
     with pytest.raises(OSError, match="--metrics wants HOST:PORT"):
-        parse_bind(bind)
+        host_port(bind, "--metrics")
 
 
-def test_parse_bind() -> None:
-    assert parse_bind("127.0.0.1:9464") == ("127.0.0.1", 9464)
-    assert parse_bind(":0") == ("0.0.0.0", 0)
+def test_host_port() -> None:
+    assert host_port("127.0.0.1:9464", "--metrics") == ("127.0.0.1", 9464)
+    assert host_port(":0", "--metrics") == ("0.0.0.0", 0)
 
 
 def test_bad_metrics_address_is_a_clear_error(tmp_path) -> None:
