@@ -79,7 +79,7 @@ def run_load(root: Path, *, calls: int = 2000, clients: int = 8, requests: int =
         chunks = [plan[i::clients] for i in range(clients)]
 
         def client(index: int, methods: list[str]) -> None:
-            with open_channel(alice.grpc, token=token) as channel:
+            with open_channel(alice.admin_address, token=token) as channel:
                 stub = admin_pb2_grpc.AdminServiceStub(channel)
                 for n, method in enumerate(methods):
                     rid = f"load-{index}-{n}"

@@ -5,6 +5,7 @@ grpc-core log line; a libp2p log entry and an exception group), long after the f
 from __future__ import annotations
 
 import errno
+import ipaddress
 import socket
 
 
@@ -18,6 +19,16 @@ def host_port(bind: str, flag: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or int(port) > 65535:
         raise BindError(f"{flag} wants HOST:PORT, got {bind!r} (e.g. 127.0.0.1:50051; port 0 picks a free one)")
     return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a literal address or "localhost") only reaches this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name: it may resolve anywhere
+        return False
 
 
 def p2p_host_port(maddr: str) -> tuple[str, int] | None:

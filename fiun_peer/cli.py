@@ -109,7 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--home", required=True, type=home_path, metavar="HOME",
                    help="the peer's home: a directory, or a bare NAME for ~/.fiun/NAME")
     r.add_argument("--grpc", default="127.0.0.1:0", metavar="HOST:PORT",
-                   help="gRPC bind address for admin and peer services (port 0: pick one; see HOME/run.json)")
+                   help="gRPC bind address of the peer services (record sync and push, Fisher pull, health) that "
+                        "other peers call (port 0: pick one; see HOME/run.json)")
+    r.add_argument("--admin", default="127.0.0.1:0", metavar="HOST:PORT",
+                   help="the admin API's own gRPC listener (publish, unlearn, export...), loopback by default so "
+                        "that exposing --grpc does not expose it; `fiun-peer admin --home HOME` finds it in "
+                        "HOME/run.json. A non-loopback address needs --tls-cert/--tls-key, or --insecure")
+    r.add_argument("--insecure", action="store_true",
+                   help="allow a non-loopback --admin address without TLS (plaintext, token in the clear)")
     r.add_argument("--p2p", default="/ip4/127.0.0.1/tcp/0", metavar="MULTIADDR", help="libp2p listen address")
     r.add_argument("--config", type=Path, metavar="FILE",
                    help="TOML config file (default: HOME/config.toml if present; env FIUN_CONFIG)")
@@ -159,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     # one place is not overwritten by the other's default; peer_main fills in ADMIN_DEFAULTS.
     shared = argparse.ArgumentParser(add_help=False)
     shared.add_argument("--target", metavar="HOST:PORT", default=argparse.SUPPRESS,
-                        help="the daemon's gRPC address (default: from --home's run.json)")
+                        help="the daemon's admin address (`run --admin`; default: from --home's run.json)")
     shared.add_argument("--home", type=home_path, metavar="HOME", default=argparse.SUPPRESS,
                         help="the peer's home (a directory, or a bare NAME for ~/.fiun/NAME; default "
                              "$FIUN_HOME): its admin.token is the credential, run.json the default --target")
@@ -302,7 +309,8 @@ def _main(argv: list[str] | None) -> int:
                 "configuration", extra={"event": "config", "file": str(resolved.config_file or ""),
                                         "sources": ",".join(f"{k}={v}" for k, v in resolved.sources.items()
                                                             if v != "default")})
-            run(args.home, home_lock=lock, grpc_bind=args.grpc, p2p_listen=args.p2p, bootstrap=args.bootstrap,
+            run(args.home, home_lock=lock, grpc_bind=args.grpc, admin_bind=args.admin, insecure=args.insecure,
+                p2p_listen=args.p2p, bootstrap=args.bootstrap,
                 metrics=args.metrics, advertise_grpc=args.advertise_grpc, advertise_p2p=args.advertise_p2p,
                 effective_config=resolved.effective(),
                 sync_interval=args.sync_interval, requesters=args.requester, admin_cns=args.admin_cn,
@@ -433,6 +441,7 @@ def status_text(s: Any) -> str:
     counters = sorted(dict(s.counters).items())
     width = max((len(k) for k, _ in counters), default=0)
     lines = [f"peer {s.name}  {s.peer_id}", f"  grpc             {s.grpc_address}",
+             f"  admin            {s.admin_address or '-'}",
              f"  p2p              {' '.join(s.p2p_addresses) or '-'}",
              f"  connected peers  {s.connected_peers}" + (
                  "  (warning: not connected to any peer; a lone peer is fine, else check --bootstrap "
@@ -455,7 +464,8 @@ def _admin(args: argparse.Namespace) -> int:
     if not target:
         if args.home is None:
             raise ValueError(f"give --home HOME (a running peer's home) or --target HOST:PORT, or set {HOME_ENV}")
-        target = _read_run_file(args.home)["grpc"]
+        info = _read_run_file(args.home)
+        target = info.get("admin") or info["grpc"]  # a run.json from before the admin listener: one port
     # An explicit $FIUN_ADMIN_TOKEN beats the home that only $FIUN_HOME named; --home beats both.
     token_home = None if args.home_from_env and os.environ.get(TOKEN_ENV, "").strip() else args.home
     token = resolve_token(token_file=args.token_file, home=token_home)

@@ -27,7 +27,7 @@ from grpc_health.v1 import health
 from .admin import AdminServicer
 from .agent import Agent
 from .auth import DEFAULT_ADMIN_CN, AdminAuth, AuthError, ClientTLS, ServerTLS, ensure_token
-from .binds import check_free, host_port, p2p_host_port
+from .binds import check_free, host_port, is_loopback, p2p_host_port
 from .bridge import TrioBridge
 from .gossip import GossipConfig, GossipError, GossipNode
 from .home import RUN_FILE, HomeLock, remove_run_file
@@ -40,7 +40,7 @@ from .policy import RequesterPolicy
 from .rpc.channel import ChannelPool
 from .rpc.fisher_service import FisherServicer, fetch_blob
 from .rpc.record_service import RecordServicer, identify_peer, known_hellos, push_record, sync_records
-from .rpc.server import make_server, set_serving
+from .rpc.server import admin_elsewhere_handler, make_server, set_serving
 from .store import Store, write_atomic
 
 log = logging.getLogger("fiun_peer.daemon")
@@ -77,7 +77,8 @@ async def serve(home: Path, *, home_lock: HomeLock | None = None, **kwargs: Any)
             lock.release()
 
 
-async def _serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str = "/ip4/127.0.0.1/tcp/0",
+async def _serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", admin_bind: str = "127.0.0.1:0",
+                insecure: bool = False, p2p_listen: str = "/ip4/127.0.0.1/tcp/0",
                 bootstrap: list[str] | None = None, sync_interval: float = 5.0,
                 requesters: list[str] | None = None, admin_cns: list[str] | None = None,
                 tls_cert: Path | None = None, tls_key: Path | None = None, tls_client_ca: Path | None = None,
@@ -87,13 +88,16 @@ async def _serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str 
     """Run one peer until SIGTERM/SIGINT. ``bootstrap`` entries are multiaddrs ending in /p2p/ID or
     gRPC ``host:port`` addresses of peers (see ``fiun_peer.join``); ``metrics`` is ``HOST:PORT`` for a
     Prometheus endpoint (empty: none); ``advertise_*`` are the addresses other peers should use when
-    the bind addresses are not reachable as such (0.0.0.0 in a container); ``allow_peers`` is a file
+    the bind addresses are not reachable as such (0.0.0.0 in a container); ``admin_bind`` is the admin
+    API's own listener, which must be loopback, TLS, or ``insecure`` (plaintext on purpose);
+    ``allow_peers`` is a file
     of the peer keys that may call RecordService and FisherService (None: anyone; see
     ``fiun_peer.peer_auth``)."""
     torch.set_num_threads(1)  # the same thread count as the centralized reference: same bits
     maddrs, grpc_targets = split_bootstrap(list(bootstrap or []))
     # Malformed addresses and ports in use, in the operator's terms, before grpc-core or libp2p say it in theirs.
     check_free(*host_port(grpc_bind, "--grpc"), "--grpc")
+    check_free(*host_port(admin_bind, "--admin"), "--admin")
     if p2p_bind := p2p_host_port(p2p_listen):
         check_free(*p2p_bind, "--p2p")
     if metrics:
@@ -108,6 +112,10 @@ async def _serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str 
     if tls_client_ca is not None and tls_cert is None:
         raise AuthError("--tls-client-ca (mTLS) needs a server certificate: --tls-cert and --tls-key")
     server_tls = ServerTLS.from_files(tls_cert, tls_key, tls_client_ca) if tls_cert and tls_key else None
+    if server_tls is None and not insecure and not is_loopback(host_port(admin_bind, "--admin")[0]):
+        raise AuthError(f"--admin {admin_bind} would serve the admin API in plaintext beyond this machine: "
+                        "give --tls-cert/--tls-key (clients then use --tls-ca), keep --admin on loopback "
+                        "(the default), or pass --insecure to accept plaintext")
     # Peers' clients verify other peers' servers with --tls-ca and present our own certificate (which
     # an mTLS peer requires of every client).
     client_tls = ClientTLS.from_files(tls_ca, tls_cert, tls_key) if tls_ca else None
@@ -163,7 +171,8 @@ async def _serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str 
 
     def status() -> dict:
         return {"name": identity.name, "peer_id": identity.peer_id, "public_key": identity.public_key_hex,
-                "grpc_address": grpc_address, "p2p_addresses": node.listen_addrs if node else [],
+                "grpc_address": grpc_address, "admin_address": admin_address,
+                "p2p_addresses": node.listen_addrs if node else [],
                 "connected_peers": len(node.connected_peers()) if node and node.is_up else 0,
                 "records": store.record_count(), "models": agent.view.owned_by(identity.public_key_hex),
                 "counters": store.counters()}
@@ -187,11 +196,20 @@ async def _serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str 
     def peer_list() -> list[bytes]:  # RecordService.Peers, from a gRPC thread
         return bridge.call_sync(lambda: [node.announce or b"", *acted_on.values()])
 
-    server, port = make_server(grpc_bind, AdminServicer(agent, bridge, status), FisherServicer(store),
+    # Two listeners: the peer services, open to the network, and the admin API on its own address
+    # (loopback by default), so exposing the peer port does not expose admin. One health servicer
+    # answers on both: SERVING once every address is known.
+    server, port = make_server(grpc_bind, FisherServicer(store),
                                RecordServicer(store, on_push, identify, on_sync_hello, peer_list), health_servicer=health_servicer,
-                               tls=server_tls, admin_auth=admin_auth, peer_auth=peer_auth, count=store.incr)
+                               tls=server_tls, peer_auth=peer_auth, count=store.incr,
+                               extra_handlers=(admin_elsewhere_handler(),))
+    admin_server, admin_port = make_server(admin_bind, AdminServicer(agent, bridge, status),
+                                           health_servicer=health_servicer, tls=server_tls, admin_auth=admin_auth,
+                                           count=store.incr, max_workers=8)
     grpc_address = advertise_grpc or _reachable(grpc_bind, port)
+    admin_address = _reachable(admin_bind, admin_port)
     server.start()
+    admin_server.start()
     hello_info = {"grpc": grpc_address, "public_key": identity.public_key_hex, "name": identity.name}
     hello = json.dumps(hello_info).encode()
 
@@ -347,18 +365,20 @@ async def _serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", p2p_listen: str 
                     nursery.start_soon(functools.partial(
                         join_via, target, own_peer_id=identity.peer_id, connected=node.connected_peers,
                         connect=node.connect, identify=lambda t: identify_peer(channels.get(t))))
-                write_atomic(run_file, json.dumps({"grpc": grpc_address, "p2p": node.listen_addrs,
+                write_atomic(run_file, json.dumps({"grpc": grpc_address, "admin": admin_address,
+                                                   "p2p": node.listen_addrs,
                                                    "peer_id": identity.peer_id, "pid": os.getpid(),
                                                    "metrics": peer_metrics.address,
                                                    "config": effective_config or {},
                                                    "started_at": time.time()}).encode())
                 set_serving(health_servicer, True)  # after run.json: SERVING means every address is known
-                log.info("peer up", extra={"event": "peer_up", "grpc": grpc_address,
+                log.info("peer up", extra={"event": "peer_up", "grpc": grpc_address, "admin": admin_address,
                                            "p2p": ",".join(node.listen_addrs), "metrics": peer_metrics.address})
                 agent.kick()  # resume whatever a previous run left half done
     finally:
         health_servicer.enter_graceful_shutdown()
         bridge.close()
+        admin_server.stop(grace=1)
         server.stop(grace=1).wait()
         channels.close()
         peer_metrics.close()

@@ -35,6 +35,7 @@ class Peer:
     proc: subprocess.Popen | None = None
     grpc: str = ""
     p2p: list[str] = field(default_factory=list)
+    admin_address: str = ""   # the admin API's own listener (run.json "admin"); "" before it is up
     _channel: grpc.Channel | None = None
     log_path: Path | None = None  # the log of the process it runs in (shared when peers share one)
     # For `start`: the address to bind gRPC and libp2p to, a command prefix (e.g. `ip netns exec NS`)
@@ -46,7 +47,7 @@ class Peer:
     @property
     def admin(self) -> admin_pb2_grpc.AdminServiceStub:
         if self._channel is None:  # admin calls carry the peer's own token (HOME/admin.token)
-            self._channel = open_channel(self.grpc, token=load_token(self.home / TOKEN_FILE))
+            self._channel = open_channel(self.admin_address or self.grpc, token=load_token(self.home / TOKEN_FILE))
         return admin_pb2_grpc.AdminServiceStub(self._channel)
 
     def close_channel(self) -> None:
@@ -133,6 +134,8 @@ class PeerCluster:
         (peer.home / "run.json").unlink(missing_ok=True)
         args = [*peer.prefix, *_cli(), "run", "--home", str(peer.home), "--grpc", f"{peer.host}:0",
                 "--p2p", f"/ip4/{peer.host}/tcp/{p2p_port}", "--sync-interval", str(self.sync_interval)]
+        if peer.host not in ("127.0.0.1", "localhost"):  # a netns host: the harness reaches admin there
+            args += ["--admin", f"{peer.host}:0", "--insecure"]
         if bootstrap:
             args += ["--bootstrap", *bootstrap]
         if self.log_json:
@@ -176,7 +179,7 @@ class PeerCluster:
             if run_file.exists():
                 info = json.loads(run_file.read_text())
                 ready = not peer.grpc or peer.grpc != info["grpc"]
-                peer.grpc, peer.p2p = info["grpc"], info["p2p"]
+                peer.grpc, peer.p2p, peer.admin_address = info["grpc"], info["p2p"], info.get("admin", "")
                 if ready and self.on_ready:
                     self.on_ready(peer)
                 return peer

@@ -152,7 +152,7 @@ def test_real_daemon_takes_each_option_from_the_right_layer(tmp_path: Path) -> N
         assert info["metrics"].startswith("127.0.0.1:")                   # file over default (off)
         with urllib.request.urlopen(f"http://{info['metrics']}/metrics", timeout=10) as reply:
             assert b'fiun_peer_info{name="layered"} 1.0' in reply.read()
-        peer = Peer("layered", home, grpc=info["grpc"])
+        peer = Peer("layered", home, grpc=info["grpc"], admin_address=info["admin"])
         status = peer.admin.Status(admin_pb2.StatusRequest(), timeout=10)
         assert status.grpc_address == f"127.0.0.1:{flag_grpc}" and status.name == "layered"
         peer.close_channel()

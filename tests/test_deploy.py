@@ -135,8 +135,11 @@ def test_network_policy_opens_the_peer_ports_to_peers_only() -> None:
             assert port["port"] in ports, port  # named ports of the container, nothing else
             opened[port["port"]] = rule["from"]
     assert set(opened) == {"grpc", "p2p", "metrics"}
-    for peer_port in ("grpc", "p2p"):  # gRPC carries the admin API too: only peers may reach it
+    for peer_port in ("grpc", "p2p"):  # peer services: only peers may reach them
         assert opened[peer_port] == [{"podSelector": {"matchLabels": np["spec"]["podSelector"]["matchLabels"]}}]
+    # The admin API keeps its loopback default (`kubectl exec ... fiun-peer admin`): no port, no env.
+    env = {e["name"]: e.get("value") for e in _pod(docs)["containers"][0].get("env", [])}
+    assert "FIUN_ADMIN" not in env and "FIUN_INSECURE" not in env
 
 
 def test_pod_disruption_budget_keeps_all_but_one_peer() -> None:
@@ -322,8 +325,8 @@ def test_bootstrap_by_grpc_address_to_a_wildcard_bound_peer(tmp_path: Path) -> N
         env = _venv_env(second, FIUN_BOOTSTRAP=f"127.0.0.1:{port}")
         procs.append(_start([*cli, "run"], env, tmp_path / "second.log"))
         info2 = _wait_run_json(second, procs[1], tmp_path / "second.log")
-        newcomer = Peer("second", second, grpc=info2["grpc"])
-        bootstrap = Peer("first", first, grpc=f"127.0.0.1:{port}")
+        newcomer = Peer("second", second, grpc=info2["grpc"], admin_address=info2["admin"])
+        bootstrap = Peer("first", first, grpc=f"127.0.0.1:{port}", admin_address=info["admin"])
         deadline = time.monotonic() + 60
         linked = False
         while not linked and time.monotonic() < deadline:  # the newcomer had no multiaddr to dial

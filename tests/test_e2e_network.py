@@ -91,12 +91,12 @@ def test_cli_error_is_readable(tmp_path):
 
     with PeerCluster(tmp_path, ["solo"]) as cluster:
         peer = cluster.peers[0]
-        out = subprocess.run([sys.executable, "-m", "fiun_peer.cli", "admin", "--target", peer.grpc, "--home", str(peer.home),
+        out = subprocess.run([sys.executable, "-m", "fiun_peer.cli", "admin", "--target", peer.admin_address, "--home", str(peer.home),
                               "request", "no-such-request"], capture_output=True, text=True)
         assert out.returncode != 0
         assert "NOT_FOUND" in out.stderr and "no-such-request" in out.stderr
         assert "Traceback" not in out.stderr
-        out = subprocess.run([sys.executable, "-m", "fiun_peer.cli", "admin", "--target", peer.grpc, "--home", str(peer.home),
+        out = subprocess.run([sys.executable, "-m", "fiun_peer.cli", "admin", "--target", peer.admin_address, "--home", str(peer.home),
                               "unlearn", "--labels", "2", "--settings", '{"gamma": -1}'],
                              capture_output=True, text=True)
         assert out.returncode != 0 and "INVALID_ARGUMENT" in out.stderr and "gamma" in out.stderr

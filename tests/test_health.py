@@ -76,7 +76,7 @@ def test_health_turns_serving_only_when_the_peer_is_ready(tmp_path: Path) -> Non
                     # Whenever health says SERVING, the peer must really be ready.
                     info = json.loads((home / "run.json").read_text())
                     assert info["grpc"] == target and info["p2p"]
-                    peer = Peer("slow", home, grpc=target)
+                    peer = Peer("slow", home, grpc=target, admin_address=info["admin"])
                     reply = peer.admin.Status(admin_pb2.StatusRequest(), timeout=10)
                     peer.close_channel()
                     assert reply.peer_id == info["peer_id"] and reply.p2p_addresses

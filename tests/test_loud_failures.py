@@ -69,6 +69,27 @@ def test_a_port_in_use_is_refused_in_plain_words(home: Path, flag: str) -> None:
     assert f"fiun-peer: error: {flag} 127.0.0.1:{port}: the port is in use by another process" in err, err
 
 
+def test_a_plaintext_admin_api_beyond_loopback_is_an_explicit_choice(home: Path, tmp_path: Path) -> None:
+    err = _refused(home, "--admin", "0.0.0.0:0")
+    assert "--admin 0.0.0.0:0 would serve the admin API in plaintext beyond this machine" in err, err
+    assert "--insecure" in err and not (home / "store.sqlite").exists()
+    log = tmp_path / "insecure.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen([*CLI, "run", "--home", str(home), "--admin", "0.0.0.0:0", "--insecure"], env=_env(),
+                                stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (home / "run.json").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.1)
+        status = subprocess.run([*CLI, "admin", "--home", str(home), "status"], env=_env(), capture_output=True,
+                                text=True, timeout=60)
+        assert status.returncode == 0 and "peer lonely" in status.stdout, status.stderr
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
 def test_an_unreachable_bootstrap_peer_is_a_warning_and_status_says_alone(home: Path, tmp_path: Path) -> None:
     grpc_target = f"127.0.0.1:{_closed_port()}"
     ghost = Identity.generate("ghost").peer_id

@@ -76,6 +76,30 @@ def test_admin_options_after_the_action_and_a_readable_status(peer, capsys) -> N
     assert json.loads(capsys.readouterr().out)["name"] == "alice"
 
 
+def test_the_admin_api_has_its_own_loopback_listener(peer, capsys) -> None:
+    """Exposing the peer port does not expose admin: AdminService answers only on `--admin`
+    (loopback by default); the peer port says where it went and still serves peers and health."""
+    import grpc
+
+    from fiun_peer.rpc.channel import open_channel
+    from fiun_peer.rpc.generated.fiun.v1 import admin_pb2, admin_pb2_grpc
+    from fiun_peer.rpc.record_service import sync_records
+
+    home, _, info = peer
+    assert info["admin"].startswith("127.0.0.1:") and info["admin"] != info["grpc"]
+    token = (home / "admin.token").read_text().strip()
+    with open_channel(info["grpc"], token=token) as channel, pytest.raises(grpc.RpcError) as refused:
+        admin_pb2_grpc.AdminServiceStub(channel).Status(admin_pb2.StatusRequest(), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "the admin API listens on its own address" in refused.value.details()
+    assert isinstance(sync_records(info["grpc"], []), list)            # peers are served there
+    with open_channel(info["admin"], token=token) as channel:
+        status = admin_pb2_grpc.AdminServiceStub(channel).Status(admin_pb2.StatusRequest(), timeout=10)
+    assert status.admin_address == info["admin"] and status.grpc_address == info["grpc"]
+    assert peer_main(["admin", "--home", str(home), "status"]) == 0
+    assert f"  admin            {info['admin']}" in capsys.readouterr().out
+
+
 def test_fiun_home_is_honoured_by_admin_and_health(peer, capsys, monkeypatch) -> None:
     home, _, info = peer
     monkeypatch.setenv("FIUN_HOME", str(home))

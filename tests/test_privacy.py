@@ -225,7 +225,7 @@ def test_an_outsider_is_refused_by_a_closed_peer(net: Net) -> None:
 
 def test_weights_go_only_to_the_owners_credential(net: Net, tmp_path: Path) -> None:
     def export(peer: Peer, token: str | None, **fields) -> admin_pb2.ExportModelReply:
-        with open_channel(peer.grpc, token=token) as channel:
+        with open_channel(peer.admin_address, token=token) as channel:
             return admin_pb2_grpc.AdminServiceStub(channel).ExportModel(
                 admin_pb2.ExportModelRequest(**fields), timeout=30)
 

@@ -218,7 +218,7 @@ def test_two_daemons_sync_records_over_mtls(tmp_path: Path) -> None:
             tls[name] = {"tls-cert": cert, "tls-key": key, "tls-client-ca": ca_file, "tls-ca": ca_file}
         procs.append(_start(tmp_path / "alice", "alice", tls["alice"], []))
         a = _wait_run(tmp_path / "alice", procs[0])
-        with open_channel(a["grpc"], tls=admin_tls) as ch:
+        with open_channel(a["admin"], tls=admin_tls) as ch:
             admin_pb2_grpc.AdminServiceStub(ch).RequestUnlearning(
                 admin_pb2.RequestUnlearningRequest(forget_labels=[4], request_id="over-tls", force=True),
                 timeout=30)  # no model yet: a request for models that join later
@@ -227,17 +227,17 @@ def test_two_daemons_sync_records_over_mtls(tmp_path: Path) -> None:
                             ["--requester", alice_key, "--bootstrap", *a["p2p"]]))
         b = _wait_run(tmp_path / "bob", procs[1])
         # The CLI speaks mTLS too.
-        cli = _cli("admin", "--target", b["grpc"], "--tls-ca", str(ca_file), "--tls-cert", str(admin_cert),
+        cli = _cli("admin", "--target", b["admin"], "--tls-ca", str(ca_file), "--tls-cert", str(admin_cert),
                    "--tls-key", str(admin_key), "--json", "status")
         assert cli.returncode == 0, cli.stderr
-        with open_channel(b["grpc"], tls=admin_tls) as ch:
+        with open_channel(b["admin"], tls=admin_tls) as ch:
             stub = admin_pb2_grpc.AdminServiceStub(ch)
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and _status(ch).records < 1:
                 time.sleep(0.3)
             reply = stub.GetRequest(admin_pb2.GetRequestRequest(request_id="over-tls"), timeout=10)
             assert list(reply.forget_labels) == [4]
-        assert "rejected_not_requester" not in _status_counters(b["grpc"], admin_tls)
+        assert "rejected_not_requester" not in _status_counters(b["admin"], admin_tls)
     finally:
         for p in procs:
             p.terminate()

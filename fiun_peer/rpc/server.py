@@ -41,7 +41,8 @@ def make_server(bind: str, *servicers: object, max_message_bytes: int = MAX_MESS
                 health_servicer: health.HealthServicer | None = None,
                 tls: ServerTLS | None = None, admin_auth: AdminAuth | None = None,
                 peer_auth: PeerAuth | None = None,
-                count: Callable[[str], Any] | None = None) -> tuple[grpc.Server, int]:
+                count: Callable[[str], Any] | None = None,
+                extra_handlers: tuple[grpc.GenericRpcHandler, ...] = ()) -> tuple[grpc.Server, int]:
     """A threaded gRPC server bound to ``bind`` (``host:port``; port 0 picks a free one), not started.
 
     ``servicers`` are instances of the generated ``*Servicer`` classes (Admin, Fisher, Record). Every
@@ -67,6 +68,8 @@ def make_server(bind: str, *servicers: object, max_message_bytes: int = MAX_MESS
         interceptors.append(PeerAuthInterceptor(peer_auth, count=count))
     server = grpc.server(executor, options=options, interceptors=interceptors)
     names = [_register(servicer, server) for servicer in servicers]
+    if extra_handlers:
+        server.add_generic_rpc_handlers(extra_handlers)
     if len(set(names)) != len(names):
         raise ValueError(f"a service was given twice: {names}")
     # A caller that passes its own health servicer decides when it is ready: everything starts
@@ -84,6 +87,23 @@ def make_server(bind: str, *servicers: object, max_message_bytes: int = MAX_MESS
     if port == 0:  # older grpc versions report failure this way instead of raising
         raise OSError(f"cannot bind gRPC server to {bind}")
     return server, port
+
+
+def admin_elsewhere_handler() -> grpc.GenericRpcHandler:
+    """For the peer port: every AdminService method answers UNIMPLEMENTED saying that the admin API
+    has its own listener (``fiun-peer run --admin``), instead of gRPC's bare "Method not found".
+    It does not say where: the peer port is open to the network, the admin address need not be."""
+    service = admin_pb2.DESCRIPTOR.services_by_name["AdminService"]
+
+    def refuse(request: bytes, context: grpc.ServicerContext) -> None:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                      "this is the peer port; the admin API listens on its own address (`fiun-peer run "
+                      "--admin`, loopback by default; HOME/run.json names it, `fiun-peer admin --home HOME` "
+                      "finds it)")
+
+    handlers = {m.name: (grpc.unary_stream_rpc_method_handler(refuse) if m.server_streaming
+                         else grpc.unary_unary_rpc_method_handler(refuse)) for m in service.methods}
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)
 
 
 def service_names() -> list[str]:

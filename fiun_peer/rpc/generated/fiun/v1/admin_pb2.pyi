@@ -11,7 +11,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("name", "peer_id", "public_key", "grpc_address", "p2p_addresses", "connected_peers", "records", "models", "counters")
+    __slots__ = ("name", "peer_id", "public_key", "grpc_address", "p2p_addresses", "connected_peers", "records", "models", "counters", "admin_address")
     class CountersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +28,7 @@ class StatusReply(_message.Message):
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     COUNTERS_FIELD_NUMBER: _ClassVar[int]
+    ADMIN_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     name: str
     peer_id: str
     public_key: str
@@ -37,7 +38,8 @@ class StatusReply(_message.Message):
     records: int
     models: _containers.RepeatedScalarFieldContainer[str]
     counters: _containers.ScalarMap[str, int]
-    def __init__(self, name: _Optional[str] = ..., peer_id: _Optional[str] = ..., public_key: _Optional[str] = ..., grpc_address: _Optional[str] = ..., p2p_addresses: _Optional[_Iterable[str]] = ..., connected_peers: _Optional[int] = ..., records: _Optional[int] = ..., models: _Optional[_Iterable[str]] = ..., counters: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    admin_address: str
+    def __init__(self, name: _Optional[str] = ..., peer_id: _Optional[str] = ..., public_key: _Optional[str] = ..., grpc_address: _Optional[str] = ..., p2p_addresses: _Optional[_Iterable[str]] = ..., connected_peers: _Optional[int] = ..., records: _Optional[int] = ..., models: _Optional[_Iterable[str]] = ..., counters: _Optional[_Mapping[str, int]] = ..., admin_address: _Optional[str] = ...) -> None: ...
 
 class Parent(_message.Message):
     __slots__ = ("model_id", "relation")
