@@ -45,8 +45,13 @@ def _guard(fn: Callable) -> Callable:
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
-    def __init__(self, agent: Agent, bridge: TrioBridge, status: Callable[[], dict[str, Any]]) -> None:
-        self._agent, self._bridge, self._status = agent, bridge, status
+    """``watch(addresses)``, on the trio loop: someone is watching a request that waits on the peers
+    at these gRPC addresses; the daemon syncs with them soon (their receipts are pushed to the
+    requester only, and would reach a watcher elsewhere at the next anti-entropy round)."""
+
+    def __init__(self, agent: Agent, bridge: TrioBridge, status: Callable[[], dict[str, Any]],
+                 watch: Callable[[list[str]], None] | None = None) -> None:
+        self._agent, self._bridge, self._status, self._watch = agent, bridge, status, watch
 
     def _count(self, name: str) -> None:
         self._bridge.call_sync(self._agent.store.incr, name)
@@ -124,7 +129,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def GetRequest(self, request, context):
         if not request.request_id:
             raise AgentError("request_id is required")
-        req, progress, done = self._bridge.call_sync(self._agent.request_progress, request.request_id)
+        def look() -> tuple:
+            req, progress, done = self._agent.request_progress(request.request_id)
+            if not done and self._watch is not None:
+                self._watch(self._agent.awaited_peers(progress))
+            return req, progress, done
+
+        req, progress, done = self._bridge.call_sync(look)
         return admin_pb2.GetRequestReply(
             request_id=request.request_id, forget_labels=req.predicate["forget_labels"], done=done,
             settings_json=json.dumps(req.predicate["settings"], sort_keys=True),

@@ -52,6 +52,8 @@ log = logging.getLogger("fiun_peer.agent")
 #: Fisher pulls in flight at once for one model (an aggregate pulls one per discovery ancestor). On a
 #: loaded machine a pull mostly waits to be scheduled at both ends, so waves of pulls cost latency.
 PULL_PARALLEL = 16
+#: Seconds without a direct word from a peer before "why pending" texts call it possibly offline.
+QUIET_BEFORE_OFFLINE = 60.0
 
 
 class AgentError(ValueError):
@@ -137,6 +139,10 @@ class Agent:
         self._pull_slots = trio.CapacityLimiter(PULL_PARALLEL)
         self.defaults = defaults or FIUnSettings()
         self.peers: dict[str, str] = {}      # public key hex -> gRPC address (learned from hellos)
+        # public key hex -> when this peer last heard from it directly (a record it pushed, a sync
+        # with it that answered); "why pending" says "offline" only for peers silent for a while.
+        self.heard: dict[str, float] = {}
+        self.lost: dict[str, float] = {}     # public key hex -> when a call to it last failed
         self.arrived: dict[str, float] = {}  # record id -> when this peer first stored it
         self._view: LineageView | None = None
         self._kick = trio.Event()
@@ -173,6 +179,8 @@ class Agent:
             log.warning("record rejected", extra={"event": "record_rejected", "reason": exc.reason,
                                                    "source": source, "detail": exc.message})
             return False, "", exc.reason
+        if source == "push":  # peers push only their own records: the signer is alive
+            self.heard[rec.signer] = time.time()
         if self.store.has_record(rec.record_id):
             return True, rec.record_id, "duplicate"
         refusal = self._authorize(rec)
@@ -727,13 +735,34 @@ class Agent:
 
     # -- peers --------------------------------------------------------------------------------
     def _owner_note(self, m: str, doing: str) -> str:
-        """Who must act for model ``m`` and what this peer knows of them, for "why pending" texts."""
+        """Who must act for model ``m`` and what this peer knows of them, for "why pending" texts:
+        "offline" only for an owner this peer has not heard from directly for a while."""
         key = self.view.owner(m) or ""
         if key == self.identity.public_key_hex:
             return f"this peer, {doing}"
         addr = self.peers.get(key)
-        where = f"known at {addr}" if addr else "not heard from since this peer started"
-        return f"owner {key[:12]}, {where}: offline or {doing}"
+        where = f"at {addr}" if addr else "address not known yet"
+        now, heard, lost = time.time(), self.heard.get(key), self.lost.get(key)
+        if lost is not None and (heard is None or lost > heard):
+            return f"owner {key[:12]} {where}, unreachable {now - lost:.0f}s ago: offline or {doing}"
+        if heard is not None and now - heard < QUIET_BEFORE_OFFLINE:
+            return f"owner {key[:12]} {where}, heard from {now - heard:.0f}s ago: {doing}"
+        since = f"not heard from for {now - heard:.0f}s" if heard else "not heard from since this peer started"
+        return f"owner {key[:12]} {where}, {since}: offline or {doing}"
+
+    def awaited_peers(self, progress: list[Progress]) -> list[str]:
+        """gRPC addresses of the other peers whose records a request still waits for (the owners of
+        its models without a receipt, discovery owners among them), for a watcher that wants their
+        receipts now rather than at the next anti-entropy round."""
+        me = self.identity.public_key_hex
+        keys = {self.view.owner(p.model_id) for p in progress if p.state != "applied"}
+        return sorted({self.peers[k] for k in keys if k and k != me and k in self.peers})
+
+    def contacted(self, address: str, *, answered: bool) -> None:
+        """A call to the peer at gRPC ``address`` (e.g. a sync) answered, or failed."""
+        for key, addr in self.peers.items():
+            if addr == address:
+                (self.heard if answered else self.lost)[key] = time.time()
 
     def _waiting_for(self, missing: list[str]) -> str:
         notes = ", ".join(f"{d} ({self._owner_note(d, 'still computing')})" for d in missing)

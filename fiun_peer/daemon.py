@@ -63,6 +63,9 @@ SYNC_BACKOFF = 4
 #: know yet; every peer pays tens of ms of CPU to forward one gossip message (py-libp2p), so on
 #: shared cores gossiping at once would slow the unlearning that the push has just started.
 GOSSIP_DELAY = 2.0
+#: Seconds between catch-up syncs with one peer while someone watches a request that waits on it:
+#: its receipt reaches the watcher within about this long (pushes go to the requester only).
+CATCH_UP_GAP = 1.0
 
 
 async def serve(home: Path, *, home_lock: HomeLock | None = None, **kwargs: Any) -> None:
@@ -203,7 +206,7 @@ async def _serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", admin_bind: str 
                                RecordServicer(store, on_push, identify, on_sync_hello, peer_list), health_servicer=health_servicer,
                                tls=server_tls, peer_auth=peer_auth, count=store.incr,
                                extra_handlers=(admin_elsewhere_handler(),))
-    admin_server, admin_port = make_server(admin_bind, AdminServicer(agent, bridge, status),
+    admin_server, admin_port = make_server(admin_bind, AdminServicer(agent, bridge, status, watch=lambda t: sync_soon(t)),
                                            health_servicer=health_servicer, tls=server_tls, admin_auth=admin_auth,
                                            count=store.incr, max_workers=8)
     grpc_address = advertise_grpc or _reachable(grpc_bind, port)
@@ -221,8 +224,21 @@ async def _serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", admin_bind: str 
                 limiter=sync_slots)
         except Exception as exc:  # the peer may be gone; the next round retries
             log.debug("sync failed", extra={"event": "sync_failed", "target": target, "detail": str(exc)})
+            agent.contacted(target, answered=False)
             return 0
+        agent.contacted(target, answered=True)
         return agent.ingest_many(envelopes, source=f"sync:{target}")
+
+    caught_up: dict[str, float] = {}
+
+    def sync_soon(targets: list[str]) -> None:
+        """A watched request waits on these peers: sync with each now, at most once per
+        CATCH_UP_GAP seconds each (a watcher polls GetRequest twice a second)."""
+        now = time.monotonic()
+        for target in targets:
+            if push_nursery is not None and now - caught_up.get(target, -CATCH_UP_GAP) >= CATCH_UP_GAP:
+                caught_up[target] = now
+                push_nursery.start_soon(sync_with, target)
 
     async def on_message(data: bytes, sender: str) -> None:
         agent.ingest(data, source="gossip")

@@ -67,7 +67,10 @@ def test_offline_peers_catch_up_and_pending_says_why(stage, tmp_path):
         reply = alice.admin.RequestUnlearning(admin_pb2.RequestUnlearningRequest(
             forget_labels=[FORGET], request_id="while-bob-away"), timeout=30)
         assert set(reply.affected_models) == {"g", "a"} and list(reply.discovery_models) == ["g"]
-        p = _wait_progress(alice, "while-bob-away", lambda p: p["g"].state == "applied", "g applied")
+        # "offline" once a call to bob has failed (watching the request makes alice try him at
+        # once); a peer heard from moments ago is not called offline before that.
+        p = _wait_progress(alice, "while-bob-away", lambda p: p["g"].state == "applied"
+                           and "offline" in p["a"].why_pending, "g applied, bob offline")
         assert p["a"].state == "pending"
         why = p["a"].why_pending
         assert "a (owner " in why and keys["bob"][:12] in why and "offline" in why and "receipt" in why, why
@@ -84,7 +87,7 @@ def test_offline_peers_catch_up_and_pending_says_why(stage, tmp_path):
             bob.admin.RequestUnlearning(admin_pb2.RequestUnlearningRequest(
                 forget_labels=[label], request_id=rid), timeout=60)
         p = _wait_progress(bob, "while-alice-away", lambda p: "waiting for Fisher announcements from g"
-                           in p["a"].why_pending, "a waiting for g")
+                           in p["a"].why_pending and "offline" in p["a"].why_pending, "a waiting for g, offline")
         for m in ("g", "a"):                 # both wait on g's owner, and say who that is
             assert p[m].state == "pending"
             why = p[m].why_pending
