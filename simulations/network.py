@@ -20,10 +20,12 @@ def architecture(stage: Stage) -> dict:
 
 
 def publish_stage(stage: Stage, owners: dict[str, Peer], *, timeout: float = 60.0,
-                  on_published: Callable[[str], None] | None = None) -> dict[str, str]:
+                  on_published: Callable[[str], None] | None = None,
+                  exclude_labels: dict[str, list[int]] | None = None) -> dict[str, str]:
     """Publish each model of the stage that has an owner in ``owners``, parents first. Before a child
     is published, waits until its owner has heard (by gossip) of all its parents. Returns model id ->
-    digest; ``on_published(model_id)`` is called after each."""
+    digest; ``on_published(model_id)`` is called after each. ``exclude_labels[m]``: publish m with its
+    own data and label set without these labels (a narrow model that inherits them)."""
     arch = json.dumps(architecture(stage))
     digests = {}
     for spec in (s for s in stage.nodes if s.id in owners):
@@ -36,10 +38,12 @@ def publish_stage(stage: Stage, owners: dict[str, Peer], *, timeout: float = 60.
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{peer.name} has not heard of parents {spec.parents} of {spec.id}")
             time.sleep(0.1)
-        x, y = own_data(stage.ds, stage.data_idx[spec.id])
+        dropped = (exclude_labels or {}).get(spec.id, [])
+        x, y = own_data(stage.ds, stage.data_idx[spec.id], exclude_labels=dropped)
         reply = peer.admin.PublishModel(admin_pb2.PublishModelRequest(
             model_id=spec.id, weights=to_bytes(stage.models[spec.id].state_dict()),
-            data=to_bytes({"x": x, "y": y}), labels=list(spec.labels), architecture_json=arch,
+            data=to_bytes({"x": x, "y": y}), labels=[c for c in spec.labels if c not in dropped],
+            architecture_json=arch,
             parents=[admin_pb2.Parent(model_id=p, relation=spec.relation or "finetune") for p in spec.parents]),
             timeout=120)
         digests[spec.id] = reply.model_digest

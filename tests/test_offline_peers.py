@@ -6,7 +6,6 @@ that were pending together build on each other's versions (none is lost)."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 
@@ -15,11 +14,9 @@ import pytest
 
 from fiun_peer.records import parse_record
 from fiun_peer.rpc.generated.fiun.v1 import admin_pb2
-from fiun_peer.tensors import to_bytes
 from simulations.centralized import SimConfig, prepare
-from simulations.network import architecture, publish_stage
+from simulations.network import publish_stage
 from simulations.peers import Peer, PeerCluster, converged_records
-from simulations.training import own_data
 
 FORGET = 3   # held by g only: g is the discovery node, a (published without it) inherits
 
@@ -55,11 +52,7 @@ def test_offline_peers_catch_up_and_pending_says_why(stage, tmp_path):
         keys = {p.name: p.admin.Status(admin_pb2.StatusRequest(), timeout=10).public_key for p in c.peers}
         publish_stage(stage, {"g": alice})
         c.wait_lineage(bob, 1)
-        x, y = own_data(stage.ds, stage.data_idx["a"], exclude_labels=[FORGET])
-        bob.admin.PublishModel(admin_pb2.PublishModelRequest(
-            model_id="a", weights=to_bytes(stage.models["a"].state_dict()), data=to_bytes({"x": x, "y": y}),
-            architecture_json=json.dumps(architecture(stage)),
-            parents=[admin_pb2.Parent(model_id="g", relation="incremental")]), timeout=300)
+        publish_stage(stage, {"a": bob}, exclude_labels={"a": [FORGET]})
         c.wait_lineage(alice, 2)
 
         # 1. Bob (inherited model a) is offline when the request is made on alice.

@@ -8,7 +8,6 @@ receipts within the test's wait."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -20,11 +19,9 @@ from fiun_peer.agent import Agent, Progress
 from fiun_peer.identity import Identity
 from fiun_peer.rpc.generated.fiun.v1 import admin_pb2
 from fiun_peer.store import Store
-from fiun_peer.tensors import to_bytes
 from simulations.centralized import SimConfig, prepare
-from simulations.network import architecture, publish_stage
+from simulations.network import publish_stage
 from simulations.peers import PeerCluster
-from simulations.training import own_data
 
 FORGET = 3   # g holds it (discovery); bob's a is published without it (inherited)
 
@@ -39,11 +36,7 @@ def test_a_watcher_gets_receipts_without_waiting_for_anti_entropy(stage, tmp_pat
         alice, bob, carol = c.peers
         publish_stage(stage, {"g": alice})
         c.wait_lineage(bob, 1)
-        x, y = own_data(stage.ds, stage.data_idx["a"], exclude_labels=[FORGET])
-        bob.admin.PublishModel(admin_pb2.PublishModelRequest(
-            model_id="a", weights=to_bytes(stage.models["a"].state_dict()), data=to_bytes({"x": x, "y": y}),
-            architecture_json=json.dumps(architecture(stage)),
-            parents=[admin_pb2.Parent(model_id="g", relation="incremental")]), timeout=300)
+        publish_stage(stage, {"a": bob}, exclude_labels={"a": [FORGET]})
         for p in c.peers:
             c.wait_lineage(p, 2)
         alice.admin.RequestUnlearning(admin_pb2.RequestUnlearningRequest(forget_labels=[FORGET],
