@@ -44,9 +44,14 @@ class AdminServiceStub:
     """PublishModel registers a model version owned by this peer: it stores the weights and the
     owner's data, computes the model Fisher on that data, signs a lineage record and gossips it.
     The weights and the data never leave this peer except through ExportModel (weights only); the
-    lineage record names the weights' digest but not the data's. INVALID_ARGUMENT, with nothing
-    stored and nothing signed, when the id is taken or malformed, a parent is unknown to this peer
-    (its lineage has not arrived yet) or named twice, the architecture is not a zoo model or is
+    lineage record names the weights' digest but not the data's. Each parent is signed with the
+    parent version the model derived from (`Parent.digest` or `Parent.version`; neither: the
+    parent's current version as this peer knows it); the reply says which. A request that version
+    had already applied does not concern the model through that parent. INVALID_ARGUMENT, with
+    nothing stored and nothing signed, when the id is taken or malformed, a parent is unknown to
+    this peer (its lineage has not arrived yet) or named twice, a parent version is not one this
+    peer knows (the receipt that made it has not arrived yet) or a digest and a version disagree,
+    the architecture is not a zoo model or is
     over the size bounds (at most 262,144 input numbers and 262,144 numbers in any layer's output
     per sample, 67,108,864 parameters, 10,000 classes; checked before any tensor is allocated),
     the weights do not match it exactly (names, shapes, dtypes) or hold NaN or Inf, the data is
@@ -74,7 +79,9 @@ class AdminServiceStub:
     request id this peer has not seen.
     """
     ListReceipts: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListReceiptsRequest, _admin_pb2.ListReceiptsReply]
-    """ListReceipts returns the signed receipts (old digest -> new digest) this peer has seen."""
+    """ListReceipts returns the signed receipts this peer has seen: applied (old digest -> new digest)
+    and not_affected (with the reason).
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -92,9 +99,14 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """PublishModel registers a model version owned by this peer: it stores the weights and the
     owner's data, computes the model Fisher on that data, signs a lineage record and gossips it.
     The weights and the data never leave this peer except through ExportModel (weights only); the
-    lineage record names the weights' digest but not the data's. INVALID_ARGUMENT, with nothing
-    stored and nothing signed, when the id is taken or malformed, a parent is unknown to this peer
-    (its lineage has not arrived yet) or named twice, the architecture is not a zoo model or is
+    lineage record names the weights' digest but not the data's. Each parent is signed with the
+    parent version the model derived from (`Parent.digest` or `Parent.version`; neither: the
+    parent's current version as this peer knows it); the reply says which. A request that version
+    had already applied does not concern the model through that parent. INVALID_ARGUMENT, with
+    nothing stored and nothing signed, when the id is taken or malformed, a parent is unknown to
+    this peer (its lineage has not arrived yet) or named twice, a parent version is not one this
+    peer knows (the receipt that made it has not arrived yet) or a digest and a version disagree,
+    the architecture is not a zoo model or is
     over the size bounds (at most 262,144 input numbers and 262,144 numbers in any layer's output
     per sample, 67,108,864 parameters, 10,000 classes; checked before any tensor is allocated),
     the weights do not match it exactly (names, shapes, dtypes) or hold NaN or Inf, the data is
@@ -122,7 +134,9 @@ class AdminServiceAsyncStub(AdminServiceStub):
     request id this peer has not seen.
     """
     ListReceipts: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListReceiptsRequest, _admin_pb2.ListReceiptsReply]  # type: ignore[assignment]
-    """ListReceipts returns the signed receipts (old digest -> new digest) this peer has seen."""
+    """ListReceipts returns the signed receipts this peer has seen: applied (old digest -> new digest)
+    and not_affected (with the reason).
+    """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """AdminService is the local control surface of a fiun-peer daemon. Every call needs a credential:
@@ -149,9 +163,14 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         """PublishModel registers a model version owned by this peer: it stores the weights and the
         owner's data, computes the model Fisher on that data, signs a lineage record and gossips it.
         The weights and the data never leave this peer except through ExportModel (weights only); the
-        lineage record names the weights' digest but not the data's. INVALID_ARGUMENT, with nothing
-        stored and nothing signed, when the id is taken or malformed, a parent is unknown to this peer
-        (its lineage has not arrived yet) or named twice, the architecture is not a zoo model or is
+        lineage record names the weights' digest but not the data's. Each parent is signed with the
+        parent version the model derived from (`Parent.digest` or `Parent.version`; neither: the
+        parent's current version as this peer knows it); the reply says which. A request that version
+        had already applied does not concern the model through that parent. INVALID_ARGUMENT, with
+        nothing stored and nothing signed, when the id is taken or malformed, a parent is unknown to
+        this peer (its lineage has not arrived yet) or named twice, a parent version is not one this
+        peer knows (the receipt that made it has not arrived yet) or a digest and a version disagree,
+        the architecture is not a zoo model or is
         over the size bounds (at most 262,144 input numbers and 262,144 numbers in any layer's output
         per sample, 67,108,864 parameters, 10,000 classes; checked before any tensor is allocated),
         the weights do not match it exactly (names, shapes, dtypes) or hold NaN or Inf, the data is
@@ -209,6 +228,8 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.ListReceiptsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ListReceiptsReply, _abc.Awaitable[_admin_pb2.ListReceiptsReply]]:
-        """ListReceipts returns the signed receipts (old digest -> new digest) this peer has seen."""
+        """ListReceipts returns the signed receipts this peer has seen: applied (old digest -> new digest)
+        and not_affected (with the reason).
+        """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
