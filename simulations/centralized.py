@@ -117,7 +117,7 @@ class Reference:
             n.id: own_data(stage.ds, stage.data_idx[n.id]) for n in stage.nodes}
         self.unlearning_fishers: dict[tuple[str, str], dict] = {}    # (request, discovery node) -> F̂
         self._fhat_seconds: dict[tuple[str, str], float] = {}
-        self._model_fishers: dict[tuple[str, int], dict] = {}        # (model, version) -> F_j
+        self._model_fishers: dict[tuple, dict] = {}                  # (model, version, estimator) -> F_j
 
     def add_model(self, model_id: str, labels, model: nn.Module, data: tuple[torch.Tensor, torch.Tensor],
                   parents: list[tuple[str, str, int]]) -> None:
@@ -127,21 +127,25 @@ class Reference:
             self.umig.add_edge(pid, model_id, relation, version)
         self.models[model_id], self.data[model_id] = model, data
 
-    def model_fisher(self, n: str) -> dict:
-        key = (n, self.umig.version(n))
+    def model_fisher(self, n: str, settings: FIUnSettings | None = None) -> dict:
+        """F_j (Eq. 4) of the model's current version on its own data (what a peer caches per
+        version and settings)."""
+        s = settings or self.settings
+        key = (n, self.umig.version(n), s.estimator, s.temperature, s.batch_size)
         if key not in self._model_fishers:
-            self._model_fishers[key] = node_model_fisher(self.models[n], *self.data[n], self.settings)
+            self._model_fishers[key] = node_model_fisher(self.models[n], *self.data[n], s)
         return self._model_fishers[key]
 
-    def apply(self, request_id: str, forget: tuple[int, ...]) -> dict:
-        """Every model the request concerns that has not applied it yet applies it now (Algorithm 1):
-        returns the run_fiun dict for those models, plus ``not_affected`` (models that descend from a
-        discovery node only through versions that had applied it)."""
-        g, s = self.umig, self.settings
+    def apply(self, request_id: str, forget: tuple[int, ...], settings: FIUnSettings | None = None) -> dict:
+        """Every model the request concerns that has not applied it yet applies it now (Algorithm 1),
+        with the request's ``settings`` (default: the reference's): returns the run_fiun dict for
+        those models, plus ``not_affected`` (models that descend from a discovery node only through
+        versions that had applied it)."""
+        g, s = self.umig, settings or self.settings
         sub = [n for n in g.unlearning_subgraph(forget, request_id) if request_id not in g.applied(n)]
         if not g.discovery_nodes(forget):
             raise ValueError(f"no model's own data holds labels {list(forget)}: nothing to unlearn")
-        model_fishers = {n: self.model_fisher(n) for n in sub}
+        model_fishers = {n: self.model_fisher(n, s) for n in sub}
         for d in g.discovery_nodes(forget):                       # Algorithm 1, lines 4-6
             if d in sub and (request_id, d) not in self.unlearning_fishers:
                 t0 = time.perf_counter()
