@@ -19,6 +19,9 @@ uses each model's current-version model Fisher (the second request's settings ma
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 import time
 
 import pytest
@@ -115,6 +118,10 @@ def test_children_are_judged_by_the_parent_version_they_derive_from(stage, tmp_p
         f_v1 = f.old_digest
         lineage = {m.model_id: m for m in late.admin.ListLineage(admin_pb2.ListLineageRequest(), timeout=10).models}
         assert (lineage["f"].version, lineage["f"].model_digest) == (1, f_v1)   # untouched
+        shown = _cli(requester, "request", "forget-2")   # what the requester's operator reads
+        assert shown.splitlines()[0] == "request forget-2: forget [2] - 5/6 models applied, 1 not affected - done"
+        assert re.search(rf"^  f +inherited not_affected derived from b v2 \({b_v2[:12]}\)", shown, re.M), shown
+        assert re.search(r"^f +v1 \w{12} .* parents b@v2\(finetune\)", _cli(late, "lineage"), re.M)
         receipts = requester.admin.ListReceipts(admin_pb2.ListReceiptsRequest(request_id="forget-2"), timeout=10)
         assert {(r.model_id, r.state) for r in receipts.receipts} == {
             ("g", "applied"), ("a", "applied"), ("b", "applied"), ("d", "applied"), ("e", "applied"),
@@ -145,6 +152,13 @@ def test_children_are_judged_by_the_parent_version_they_derive_from(stage, tmp_p
         lineage = {m.model_id: m for m in late.admin.ListLineage(admin_pb2.ListLineageRequest(), timeout=10).models}
         assert (lineage["f"].version, lineage["f"].model_digest) == (2, by3["f"].new_digest)
         assert [(p.model_id, p.version, p.digest) for p in lineage["f"].parents] == [("b", 2, b_v2)]
+
+
+def _cli(peer: Peer, *args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "fiun_peer.cli", "admin", "--target", peer.grpc, "--home",
+                           str(peer.home), *args], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 def _model_of(stage, weights: dict[str, torch.Tensor]) -> torch.nn.Module:
