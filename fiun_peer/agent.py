@@ -1,7 +1,9 @@
 """The peer's behaviour: the one owner of peer state, running on the trio loop.
 
 Flow (DESIGN.md): publish -> request -> locate -> discovery Fishers announced -> every affected
-peer pulls, merges, dampens -> receipts. All arithmetic and graph logic is ``fiun_peer.core`` (via
+peer pulls, merges, dampens -> receipts. "Affected" is decided per parent version (issue 18): a
+model that descends from the data only through versions that had applied the request already says
+so with a ``not_affected`` receipt. All arithmetic and graph logic is ``fiun_peer.core`` (via
 ``fiun_peer.unlearn``); this module only decides *when* to call it and moves bytes.
 
 Work is driven by one idempotent ``reconcile`` pass: it looks at the stored records and this peer's
@@ -32,6 +34,7 @@ from .models import build_model
 from .policy import Refusal, RequesterPolicy, authorize, fisher_problem
 from .records import (
     APPLIED,
+    MAX_REASON,
     NOT_AFFECTED,
     Record,
     RecordError,
@@ -556,7 +559,8 @@ class Agent:
                 parts.append(f"{p} v{v} ({self.view.versions[p][v - 1][:12]}), a version that had applied it")
             else:
                 parts.append(f"{p}, which is not affected either")
-        return f"derived from {'; '.join(parts)}; its own data holds none of {cf}"
+        why = f"derived from {'; '.join(parts)}; its own data holds none of {cf}"
+        return why if len(why) <= MAX_REASON else why[:MAX_REASON - 3] + "..."   # an aggregate of many
 
     # -- the reconcile loop -------------------------------------------------------------------
     async def run(self, *, interval: float = 2.0, task_status=trio.TASK_STATUS_IGNORED) -> None:

@@ -140,3 +140,25 @@ def test_a_not_affected_receipt_lost_in_a_crash_goes_out_after_restart(agent: Ag
     assert [(r.predicate["model_id"], R.receipt_state(r.predicate), r.predicate["reason"]) for r in receipts] == \
         [("m3", "not_affected", "derived from m1 v2")]
     assert agent.store.has_record(receipts[0].record_id)
+
+
+def test_the_reason_of_an_aggregate_of_many_clean_parents_fits_a_receipt(agent: Agent) -> None:
+    rec = R.build_request(OTHER, request_id="r1", forget_labels=[1], settings={})
+    agent.ingest(rec.envelope, source="test")
+    parents = tuple(f"p{i:03d}-" + "x" * 100 for i in range(12))
+    for p in parents:
+        assert agent.ingest(lineage(OTHER, p, [1]).envelope, source="test")[2] == "accepted"
+        receipt = R.build_receipt(OTHER, request_id="r1", model_id=p, old_digest=d(f"{p}-v1"), new_digest=d(f"{p}-v2"))
+        assert agent.ingest(receipt.envelope, source="test")[2] == "accepted"
+    agg = lineage(ME, "agg", [5], parents, parent_versions=dict.fromkeys(parents, 2))
+    assert agent.ingest(agg.envelope, source="test")[2] == "accepted"
+    agent.store.put_state("model:agg", {"digest": d("agg-v1"), "version": 1})
+    sent = []
+
+    async def publish(envelope: bytes, push_to, gossip) -> None:
+        sent.append(R.parse_record(envelope))
+    agent._publish = publish
+    trio.run(agent.reconcile)
+    (spared,) = [r for r in sent if r.kind == "receipt" and r.predicate["model_id"] == "agg"]
+    assert len(spared.predicate["reason"]) == R.MAX_REASON and spared.predicate["reason"].endswith("...")
+    assert agent.store.has_record(spared.record_id) and ("r1", "agg") in agent._settled
