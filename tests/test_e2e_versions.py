@@ -104,6 +104,7 @@ def test_children_are_judged_by_the_parent_version_they_derive_from(stage, tmp_p
         late_ref = ref.apply("forget-2", (2,))            # d and e apply now; f is left alone
         assert late_ref["subgraph"] == ["d", "e"] and late_ref["not_affected"] == ["f"]
 
+        cluster.wait_lineage(requester, 6)                # else forget-2 is still done there with g, a, b
         status = cluster.wait_request(requester, "forget-2", timeout=180)
         by = {m.model_id: m for m in status.models}
         assert set(by) == {"g", "a", "b", "d", "e", "f"} and status.done
@@ -137,7 +138,7 @@ def test_children_are_judged_by_the_parent_version_they_derive_from(stage, tmp_p
         reply = late.admin.RequestUnlearning(admin_pb2.RequestUnlearningRequest(
             forget_labels=[3], request_id="forget-3", settings_json=json.dumps(paper_like)), timeout=30)
         assert list(reply.affected_models) == second["subgraph"]
-        status = cluster.wait_request(requester, "forget-3", timeout=180)
+        status = cluster.wait_request(late, "forget-3", timeout=180)     # the requester this time
         by3 = {m.model_id: m for m in status.models}
         assert all(m.state == "applied" for m in status.models) and set(by3) == set(second["subgraph"])
         assert (by3["f"].discovery, list(by3["f"].discovery_ancestors), by3["f"].old_digest) == \
