@@ -11,10 +11,10 @@ from typing import Any
 
 import grpc
 
-from .agent import Agent, AgentError, NotFound, NotReady
+from .agent import Agent, AgentError, NotFound, NotReady, ParentRef
 from .bridge import BridgeClosed, TrioBridge
 from .policy import blob_refusal
-from .records import RecordError, sha256_hex
+from .records import RecordError, receipt_state, sha256_hex
 from .rpc.generated.fiun.v1 import admin_pb2, admin_pb2_grpc
 from .tensors import TensorFileError
 
@@ -69,12 +69,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             raise AgentError(f"architecture_json is not JSON: {exc}") from exc
         if not request.weights or not request.data:
             raise AgentError("weights and data (safetensors bytes) are both required")
+        parents = [ParentRef(p.model_id, p.relation, p.digest, p.version) for p in request.parents]
         call = functools.partial(self._agent.publish_model, model_id=request.model_id, weights=request.weights,
-                                 data=request.data, parents=[(p.model_id, p.relation) for p in request.parents],
-                                 labels=list(request.labels), architecture=arch,
+                                 data=request.data, parents=parents, labels=list(request.labels), architecture=arch,
                                  head_tensors=list(request.head_tensors))
-        digest, record_id = self._bridge.call(call)
-        return admin_pb2.PublishModelReply(model_id=request.model_id, model_digest=digest, record_id=record_id)
+        digest, record_id, used = self._bridge.call(call)
+        return admin_pb2.PublishModelReply(model_id=request.model_id, model_digest=digest, record_id=record_id,
+                                           parents=[admin_pb2.Parent(**u) for u in used])
 
     @_guard
     def ExportModel(self, request, context):
@@ -102,12 +103,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             v = self._agent.view
             out = []
             for m in v.umig.models():
-                latest = v.latest[m].predicate
+                first = v.first[m].predicate
                 out.append(admin_pb2.LineageEntry(
-                    model_id=m, model_digest=v.digest(m), labels=latest["labels"], owner=v.owner(m) or "",
-                    version=latest["version"],
-                    parents=[admin_pb2.Parent(model_id=p["model_id"], relation=p["relation"])
-                             for p in v.first[m].predicate["parents"]]))
+                    model_id=m, model_digest=v.digest(m), labels=first["labels"], owner=v.owner(m) or "",
+                    version=v.umig.version(m),
+                    parents=[admin_pb2.Parent(model_id=p["model_id"], relation=p["relation"], digest=p["digest"],
+                                              version=v.version_of(p["model_id"], p["digest"]) or 0)
+                             for p in first["parents"]]))
             return out
         return admin_pb2.ListLineageReply(models=self._bridge.call_sync(collect))
 
@@ -151,6 +153,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                     continue
                 out.append(admin_pb2.Receipt(request_id=p["request_id"], model_id=p["model_id"],
                                              old_digest=p["old_digest"], new_digest=p["new_digest"],
-                                             signer=r.signer, record_id=r.record_id))
+                                             signer=r.signer, record_id=r.record_id, state=receipt_state(p),
+                                             reason=p.get("reason", "")))
             return out
         return admin_pb2.ListReceiptsReply(receipts=self._bridge.call_sync(collect))

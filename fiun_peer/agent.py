@@ -1,7 +1,9 @@
 """The peer's behaviour: the one owner of peer state, running on the trio loop.
 
 Flow (DESIGN.md): publish -> request -> locate -> discovery Fishers announced -> every affected
-peer pulls, merges, dampens -> receipts. All arithmetic and graph logic is ``fiun_peer.core`` (via
+peer pulls, merges, dampens -> receipts. "Affected" is decided per parent version (issue 18): a
+model that descends from the data only through versions that had applied the request already says
+so with a ``not_affected`` receipt. All arithmetic and graph logic is ``fiun_peer.core`` (via
 ``fiun_peer.unlearn``); this module only decides *when* to call it and moves bytes.
 
 Work is driven by one idempotent ``reconcile`` pass: it looks at the stored records and this peer's
@@ -27,10 +29,13 @@ from . import faults
 from .bridge import run_in_worker
 from .core.fiun import FIUnSettings, check_fisher
 from .identity import Identity
-from .lineage import LineageView, add_version, build_view
+from .lineage import LineageView, add_receipt, add_version, build_view, parents_missing
 from .models import build_model
 from .policy import Refusal, RequesterPolicy, authorize, fisher_problem
 from .records import (
+    APPLIED,
+    MAX_REASON,
+    NOT_AFFECTED,
     Record,
     RecordError,
     build_announcement,
@@ -40,6 +45,7 @@ from .records import (
     is_digest,
     is_valid_id,
     parse_record,
+    receipt_state,
     record_id_of,
     sha256_hex,
 )
@@ -93,12 +99,23 @@ def settings_from(d: dict[str, Any] | None) -> FIUnSettings:
         raise AgentError(f"invalid FIUn settings: {exc}") from exc
 
 
+@dataclass(frozen=True)
+class ParentRef:
+    """A parent named at publish: which version the child derived from, by digest or by number
+    (neither: the parent's current version as this peer knows it)."""
+    model_id: str
+    relation: str
+    digest: str = ""
+    version: int = 0
+
+
 @dataclass
 class Progress:
     model_id: str
     discovery: bool
-    state: str                     # pending | announced | applied
+    state: str                     # pending | announced | applied | not_affected
     why_pending: str = ""
+    reason: str = ""               # not_affected: why, as its owner's receipt says
     old_digest: str = ""
     new_digest: str = ""
     received_at: float = 0.0
@@ -162,7 +179,7 @@ class Agent:
     @property
     def view(self) -> LineageView:
         if self._view is None:
-            self._view = build_view(self.store.records("lineage"))
+            self._view = build_view(self.store.records("lineage"), self.store.records("receipt"))
         return self._view
 
     def ingest(self, envelope: bytes, *, source: str) -> tuple[bool, str, str]:
@@ -201,10 +218,12 @@ class Agent:
                 add_version(self._view, rec)   # the graph is unchanged: no rebuild per new version
             else:
                 self._view = None
+        elif rec.kind == "receipt" and self._view is not None:
+            add_receipt(self._view, rec)       # may make a parent version known
         log.info("record stored", extra={"event": "record_stored", "kind": rec.kind,
                                          "subject": rec.subject_name, "source": source})
         self.kick()
-        if rec.kind in ("lineage", "request") and self._deferred:
+        if rec.kind in ("lineage", "request", "receipt") and self._deferred:
             self._retry_deferred()
         return True, rec.record_id, "accepted"
 
@@ -222,8 +241,8 @@ class Agent:
             raise
 
     def _retry_deferred(self) -> None:
-        """A lineage or request record arrived: records waiting for it need not wait for the next sync
-        (gossip does not keep order between different senders)."""
+        """A lineage, request or receipt record arrived: records waiting for it (a model, a request,
+        a parent version) need not wait for the next sync (gossip keeps no order between senders)."""
         waiting, self._deferred = self._deferred, {}
         for rec in waiting.values():   # ingest re-enters here for each one stored, so chains resolve
             if not self.store.has_record(rec.record_id):
@@ -301,12 +320,13 @@ class Agent:
         return None, True
 
     # -- admin: publish -----------------------------------------------------------------------
-    async def publish_model(self, *, model_id: str, weights: bytes, data: bytes, parents: list[tuple[str, str]],
+    async def publish_model(self, *, model_id: str, weights: bytes, data: bytes, parents: list[ParentRef],
                             labels: list[int], architecture: dict[str, Any],
-                            head_tensors: list[str]) -> tuple[str, str]:
+                            head_tensors: list[str]) -> tuple[str, str, list[dict[str, Any]]]:
         """Register a model version: check everything, compute F_j (Eq. 4) now, sign the lineage
         record, then store weights, data and F_j and publish the record. Returns (model digest,
-        record id). Any bad input raises AgentError before anything is stored or signed."""
+        record id, the parents as signed: model_id, relation, digest, version). Any bad input raises
+        AgentError before anything is stored or signed."""
         if not is_valid_id(model_id):
             raise AgentError(f"model id {model_id!r} must match [A-Za-z0-9][A-Za-z0-9._-]* (max 128)")
         if self.view.owner(model_id) is not None:
@@ -321,16 +341,15 @@ class Agent:
         finally:
             self._publishing.discard(model_id)
 
-    async def _publish_model(self, model_id: str, weights: bytes, data: bytes, parents: list[tuple[str, str]],
+    async def _publish_model(self, model_id: str, weights: bytes, data: bytes, parents: list[ParentRef],
                              labels: list[int], architecture: dict[str, Any],
-                             head_tensors: list[str]) -> tuple[str, str]:
-        check_parents(model_id, parents)
-        parent_refs = []
-        for pid, relation in parents:
-            if self.view.owner(pid) is None:
-                raise NotReady(f"unknown parent model {pid[:128]!r}: its lineage has not reached this peer "
-                               "(yet?); publish it first, or retry (fiun-peer admin publish --wait-parents)")
-            parent_refs.append({"model_id": pid, "digest": self._original_digest(pid), "relation": relation})
+                             head_tensors: list[str]) -> tuple[str, str, list[dict[str, Any]]]:
+        check_parents(model_id, [(p.model_id, p.relation) for p in parents])
+        parent_refs, used = [], []
+        for p in parents:
+            digest, version = self._parent_version(p)
+            parent_refs.append({"model_id": p.model_id, "digest": digest, "relation": p.relation})
+            used.append({"model_id": p.model_id, "relation": p.relation, "digest": digest, "version": version})
         spec = check_architecture(architecture)   # before any real tensor is allocated
         check_labels(labels, spec)
         model = load_model(spec.to_dict(), weights)
@@ -357,7 +376,7 @@ class Agent:
         # Signed before anything is stored: a record that cannot be built (e.g. over the size limit)
         # leaves nothing behind.
         rec = build_lineage(self.identity, model_id=model_id, model_digest=weights_digest, version=1,
-                            parents=parent_refs, relation=parents[0][1] if parents else "root",
+                            parents=parent_refs, relation=parents[0].relation if parents else "root",
                             labels=labels, head_tensors=names, architecture=spec.to_dict(),
                             model_fisher_digests={settings_key(s): mf_digest})
         if self.view.owner(model_id) is not None:  # a lineage arrived while F_j was computed
@@ -371,8 +390,48 @@ class Agent:
                                                        "original": weights_digest, "data": data_digest})
         await self.publish_record(rec)
         log.info("model published", extra={"event": "model_published", "model": model_id,
-                                            "digest": weights_digest})
-        return weights_digest, rec.record_id
+                                            "digest": weights_digest,
+                                            "parents": [f"{u['model_id']}@v{u['version']}" for u in used]})
+        return weights_digest, rec.record_id, used
+
+    def _parent_version(self, parent: ParentRef) -> tuple[str, int]:
+        """(digest, version) of the parent version a new model names: the one given by digest or
+        number, or the parent's current version as this peer knows it. Versions are the parent's
+        receipt chain (fiun_peer.lineage): one this peer has not seen yet cannot be named."""
+        pid = parent.model_id
+        if self.view.owner(pid) is None:
+            raise NotReady(f"unknown parent model {pid[:128]!r}: its lineage has not reached this peer "
+                           "(yet?); publish it first, or retry (fiun-peer admin publish --wait-parents)")
+        chain = self.view.versions.get(pid)
+        if not chain:
+            raise NotReady(f"parent model {pid!r} is not in this peer's lineage graph yet: "
+                           f"{', '.join(self._waiting_for_parents(pid))} not here yet (--wait-parents retries)")
+        known = ", ".join(f"v{i} {d[:12]}" for i, d in enumerate(chain, 1))
+        if parent.version < 0:
+            raise AgentError(f"parent {pid!r}: version must be >= 1 (0: by digest, or the current one)")
+        if parent.digest:
+            if not is_digest(parent.digest):
+                raise AgentError(f"parent {pid!r}: digest must be 64 lowercase hex characters (sha256), "
+                                 f"got {parent.digest[:80]!r}")
+            version = self.view.version_of(pid, parent.digest)
+            if version is None:
+                raise NotReady(f"unknown version {parent.digest[:12]} of parent {pid!r}: this peer knows "
+                               f"{known} (a later version is known once the receipt that made it arrives; "
+                               "--wait-parents retries)")
+            if parent.version and parent.version != version:
+                raise AgentError(f"parent {pid!r}: {parent.digest[:12]} is version {version}, not {parent.version}")
+            return parent.digest, version
+        if parent.version:
+            if parent.version > len(chain):
+                raise NotReady(f"unknown version {parent.version} of parent {pid!r}: this peer knows {known} "
+                               "(a later version is known once the receipt that made it arrives; --wait-parents "
+                               "retries)")
+            return chain[parent.version - 1], parent.version
+        return chain[-1], len(chain)
+
+    def _waiting_for_parents(self, model_id: str) -> list[str]:
+        rec = self.view.waiting.get(model_id)
+        return parents_missing(self.view, rec) if rec is not None else ["its record"]
 
     def _data_digest(self, model_id: str) -> str:
         """Our own data for ``model_id``: local state, or (stores from before issue 14) the digest its
@@ -414,9 +473,6 @@ class Agent:
             return versions[version], version
         return current["digest"], current["version"]
 
-    def _original_digest(self, model_id: str) -> str:
-        return self.view.first[model_id].subject_digest
-
     # -- admin: request -----------------------------------------------------------------------
     async def request_unlearning(self, forget_labels: list[int], settings: dict[str, Any] | None,
                                  request_id: str = "", *, force: bool = False) -> tuple[str, str, list[str], list[str]]:
@@ -446,7 +502,7 @@ class Agent:
                                 settings=s.to_dict())
             await self.publish_record(rec)
         cf = rec.predicate["forget_labels"]
-        return (request_id, rec.record_id, self.view.umig.unlearning_subgraph(cf),
+        return (request_id, rec.record_id, self.view.umig.unlearning_subgraph(cf, request_id),
                 self.view.umig.discovery_nodes(cf))
 
     def _request_record(self, request_id: str) -> Record | None:
@@ -473,6 +529,9 @@ class Agent:
             slot.setdefault(r.predicate.get("model_id", ""), r)
 
     def request_progress(self, request_id: str) -> tuple[Record, list[Progress], bool]:
+        """Every model that descends from the data to forget by the graph's shape, and how far its
+        owner is: applied, or not affected (a version it derives from had applied the request
+        already), each with its owner's receipt; done when every one has a receipt."""
         req = self._request_record(request_id)
         if req is None:
             raise NotFound(f"unknown request {request_id!r}")
@@ -483,14 +542,19 @@ class Agent:
         mine = set(self.view.owned_by(self.identity.public_key_hex))
         out = []
         for m in g.unlearning_subgraph(cf):
-            anc = g.discovery_ancestors(m, cf)
+            anc = g.discovery_ancestors(m, cf, request_id)
             st = self.store.get_state(f"req:{request_id}:{m}") or {}
             p = Progress(m, m in discovery, "pending", discovery_ancestors=anc,
                          received_at=st.get("received_at", 0.0), applied_at=st.get("applied_at", 0.0))
             if m in receipts:
                 r = receipts[m]
-                p.state, p.old_digest, p.new_digest = "applied", r.predicate["old_digest"], r.predicate["new_digest"]
+                p.state, p.old_digest, p.new_digest = receipt_state(r.predicate), r.predicate["old_digest"], \
+                    r.predicate["new_digest"]
+                p.reason = r.predicate.get("reason", "")
                 p.applied_at = p.applied_at or self.arrived.get(r.record_id, 0.0)
+            elif not anc:
+                p.why_pending = (f"not affected: {self._why_not_affected(m, cf, request_id)}; waiting for "
+                                 f"{m} ({self._owner_note(m, 'still deciding')}) to say so in a receipt")
             else:
                 if m in announced:
                     p.state = "announced"
@@ -506,7 +570,24 @@ class Agent:
             if note:
                 p.why_pending = f"{p.why_pending}; {note}" if p.why_pending else note
             out.append(p)
-        return req, out, all(p.state == "applied" for p in out)
+        return req, out, all(p.state in (APPLIED, NOT_AFFECTED) for p in out)
+
+    def _why_not_affected(self, m: str, cf: list[int], request_id: str) -> str:
+        """Why model ``m``, which descends from a discovery model by the graph's shape, is outside
+        request ``request_id``: for each parent, the version it derived from had applied the request,
+        or the parent is outside it too."""
+        g = self.view.umig
+        parts = []
+        for p in g.parents(m):
+            if p not in g.unlearning_subgraph(cf):
+                continue
+            if not g.carries(p, m, request_id):
+                v = g.parent_version(p, m)
+                parts.append(f"{p} v{v} ({self.view.versions[p][v - 1][:12]}), a version that had applied it")
+            else:
+                parts.append(f"{p}, which is not affected either")
+        why = f"derived from {'; '.join(parts)}; its own data holds none of {cf}"
+        return why if len(why) <= MAX_REASON else why[:MAX_REASON - 3] + "..."   # an aggregate of many
 
     # -- the reconcile loop -------------------------------------------------------------------
     async def run(self, *, interval: float = 2.0, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -531,30 +612,25 @@ class Agent:
                     if (req.predicate["request_id"], m) not in self._settled:
                         await self._advance(req, m)
 
-    def _affected(self, req: Record, model_id: str) -> bool:
-        """For a model in the request's sub-graph (``_advance`` settles the others first)."""
-        cf = req.predicate["forget_labels"]
-        if self.view.umig.labels(model_id) & set(cf):
-            return True
-        # An inherited model derived from parents that had *already* applied this request is clean.
-        post = {r.predicate["new_digest"] for r in self._by("receipt", req.predicate["request_id"]).values()}
-        parents = self.view.first[model_id].predicate["parents"]
-        return not all(p["digest"] in post for p in parents)
-
     async def _advance(self, req: Record, m: str) -> None:
         rid, cf = req.predicate["request_id"], req.predicate["forget_labels"]
         key = f"req:{rid}:{m}"
         st = self.store.get_state(key)
-        if st and st.get("state") == "applied":
+        if st and st.get("state") in (APPLIED, NOT_AFFECTED):
             if not self._has_own("receipt", rid, m):   # crashed before the receipt went out
-                await self._send_receipt(rid, m, st["old"], st["new"], st["version"])
+                await self._send_receipt(rid, m, st)
             self._settled.add((rid, m))
             return
-        if m not in self.view.umig.unlearning_subgraph(cf):
+        g = self.view.umig
+        if m not in g.unlearning_subgraph(cf):
             # For good: a model's parents and every ancestor's labels are fixed by their first versions.
             self._settled.add((rid, m))
             return
-        if not self._affected(req, m):
+        if m not in g.unlearning_subgraph(cf, rid):
+            # Descends from the data only through versions that had applied this request already: it
+            # says so in a receipt, so the request completes and the requester sees why. For good
+            # too: the versions its edges name, and what each had applied, never change.
+            await self._not_affected(rid, m, cf, st)
             return
         try:
             s = settings_from(req.predicate["settings"])
@@ -567,12 +643,11 @@ class Agent:
             self.store.put_state(key, st)
             log.info("request received", extra={"event": "request_received", "request": rid, "model": m})
         lineage = self.view.first[m]
-        g = self.view.umig
         if m in g.discovery_nodes(cf) and not self._has_own("announcement", rid, m):
             await self._announce(rid, m, cf, st["base"], lineage, s)
             return
         announced = self._by("announcement", rid)
-        anc = g.discovery_ancestors(m, cf)
+        anc = g.discovery_ancestors(m, cf, rid)
         missing = [d for d in anc if d not in announced]
         if missing:
             self._set_why(key, st, self._waiting_for(missing))
@@ -598,7 +673,7 @@ class Agent:
             fishers.append(blob)
         # Check every pulled Fisher against our own head *before* any arithmetic: a hostile or broken
         # discovery peer can announce a well-formed blob of the wrong shape, dtype or sign.
-        own = await self._model_fisher(lineage, st["base"], s)
+        own = await self._model_fisher(m, self.store.get_state(f"model:{m}")["digest"], s)
         for d, fisher in zip(anc, fishers, strict=True):
             problem = fisher_problem(fisher, own)
             if problem:
@@ -677,18 +752,25 @@ class Agent:
             return None, f"Fisher of {ann.predicate['model_id']} has shapes {shapes}, announced {ann.predicate['shapes']}"
         return fisher, ""
 
-    async def _model_fisher(self, lineage: Record, base: str, s: FIUnSettings) -> dict[str, torch.Tensor]:
-        """F_j for these settings: the one computed at publish time, or computed now and cached."""
-        digests = lineage.predicate["model_fisher_digests"]
-        cache = self.store.get_state(f"mf:{lineage.predicate['model_id']}") or {}
-        digest = digests.get(settings_key(s)) or cache.get(settings_key(s))
+    async def _model_fisher(self, m: str, version_digest: str, s: FIUnSettings) -> dict[str, torch.Tensor]:
+        """F_j (Eq. 4) of the version ``version_digest`` of own model ``m``, for these settings: on
+        that version's weights and the owner's data. Version 1's, for the peer's default settings,
+        was computed at publish and is named in its lineage record; any other (a later version, a
+        request with other settings) is computed on first use and cached per (version, settings).
+        (Before issue 18 the cache was ``mf:<model>`` by settings alone, whatever version it was
+        computed on; it is not read.)"""
+        key = settings_key(s)
+        first = self.view.first[m]
+        named = first.predicate["model_fisher_digests"].get(key) if version_digest == first.subject_digest else None
+        cache = self.store.get_state(f"mf:{m}:{version_digest}") or {}
+        digest = named or cache.get(key)
         if digest and self.store.has_blob(digest):
             return from_bytes(self.store.get_blob(digest), what="model Fisher")
-        model = load_model(lineage.predicate["architecture"], self.store.get_blob(base))
-        x, y = load_dataset_bytes(self.store.get_blob(self._data_digest(lineage.predicate["model_id"])))
+        model = load_model(first.predicate["architecture"], self.store.get_blob(version_digest))
+        x, y = load_dataset_bytes(self.store.get_blob(self._data_digest(m)))
         mf = await run_in_worker(node_model_fisher, model, x, y, s)
-        cache[settings_key(s)] = self.store.put_blob(to_bytes(mf), kind="model_fisher")
-        self.store.put_state(f"mf:{lineage.predicate['model_id']}", cache)
+        cache[key] = self.store.put_blob(to_bytes(mf), kind="model_fisher")
+        self.store.put_state(f"mf:{m}:{version_digest}", cache)
         return mf
 
     async def _apply(self, rid: str, m: str, st: dict, lineage: Record, fishers: list, s: FIUnSettings,
@@ -698,7 +780,7 @@ class Agent:
         base = self.store.get_state(f"model:{m}")["digest"]
         t0 = time.perf_counter()
         model = load_model(lineage.predicate["architecture"], self.store.get_blob(base))
-        mf = await self._model_fisher(lineage, base, s)
+        mf = await self._model_fisher(m, base, s)
         try:
             new_state = await run_in_worker(functools.partial(apply_fiun, forget_labels=cf), model, mf, fishers, s)
         except ValueError as exc:  # e.g. a Fisher of the wrong shape or with NaN: model untouched
@@ -710,25 +792,44 @@ class Agent:
         model_state = self.store.get_state(f"model:{m}")
         version = model_state["version"] + 1
         now = time.time()
+        done = {**st, "state": APPLIED, "old": base, "new": new_digest, "version": version, "applied_at": now,
+                "why": ""}
         with self.store.transaction():  # model version and request state move together, or not at all
             self.store.put_state(f"model:{m}", {**model_state, "digest": new_digest, "version": version})
             faults.point("apply_mid_txn", f"{rid}:{m}")
-            self.store.put_state(f"req:{rid}:{m}", {**st, "state": "applied", "old": base, "new": new_digest,
-                                                    "version": version, "applied_at": now, "why": ""})
+            self.store.put_state(f"req:{rid}:{m}", done)
         log.info("unlearning applied", extra={"event": "applied", "request": rid, "model": m,
                                               "old": base, "new": new_digest})
         if self.on_applied is not None:
             self.on_applied(time.perf_counter() - t0, now - st.get("received_at", now))
         faults.point("before_receipt", f"{rid}:{m}")
-        await self._send_receipt(rid, m, base, new_digest, version)
+        await self._send_receipt(rid, m, done)
 
-    async def _send_receipt(self, rid: str, m: str, old: str, new: str, version: int) -> None:
+    async def _not_affected(self, rid: str, m: str, cf: list[int], st: dict | None) -> None:
+        """Model ``m`` is outside request ``rid`` (see ``_advance``): record it and say so, signed."""
+        digest = self.store.get_state(f"model:{m}")["digest"]
+        reason = self._why_not_affected(m, cf, rid)
+        st = {**(st or {"received_at": time.time()}), "state": NOT_AFFECTED, "old": digest, "new": digest,
+              "reason": reason, "why": ""}
+        self.store.put_state(f"req:{rid}:{m}", st)
+        log.info("not affected", extra={"event": "not_affected", "request": rid, "model": m, "detail": reason})
+        await self._send_receipt(rid, m, st)
+        self._settled.add((rid, m))
+
+    async def _send_receipt(self, rid: str, m: str, st: dict) -> None:
+        """The receipt for a settled (request, model) pair, from its stored state; after applying,
+        the new version's lineage record first (it carries no model Fisher: that of a later version
+        is computed when a request needs it, see ``_model_fisher``)."""
+        if st["state"] == NOT_AFFECTED:
+            await self.publish_record(build_receipt(self.identity, request_id=rid, model_id=m, old_digest=st["old"],
+                                                    new_digest=st["new"], state=NOT_AFFECTED, reason=st["reason"]))
+            return
         first = self.view.first[m].predicate
-        receipt = build_receipt(self.identity, request_id=rid, model_id=m, old_digest=old, new_digest=new)
-        lineage = build_lineage(self.identity, model_id=m, model_digest=new, version=version,
+        receipt = build_receipt(self.identity, request_id=rid, model_id=m, old_digest=st["old"], new_digest=st["new"])
+        lineage = build_lineage(self.identity, model_id=m, model_digest=st["new"], version=st["version"],
                                 parents=first["parents"], relation=first["relation"], labels=first["labels"],
                                 head_tensors=first["head_tensors"], architecture=first["architecture"],
-                                model_fisher_digests=first["model_fisher_digests"], previous_digest=old)
+                                model_fisher_digests={}, previous_digest=st["old"])
         await self.publish_record(lineage)
         faults.point("after_lineage", f"{rid}:{m}")
         await self.publish_record(receipt)
@@ -755,7 +856,7 @@ class Agent:
         its models without a receipt, discovery owners among them), for a watcher that wants their
         receipts now rather than at the next anti-entropy round."""
         me = self.identity.public_key_hex
-        keys = {self.view.owner(p.model_id) for p in progress if p.state != "applied"}
+        keys = {self.view.owner(p.model_id) for p in progress if p.state not in ("applied", "not_affected")}
         return sorted({self.peers[k] for k in keys if k and k != me and k in self.peers})
 
     def contacted(self, address: str, *, answered: bool) -> None:

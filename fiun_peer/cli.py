@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -75,11 +76,23 @@ def _labels(text: str) -> list[int]:
     return out
 
 
-def _parent(text: str) -> tuple[str, str]:
-    mid, _, rel = text.partition(":")
-    if not mid:
-        raise argparse.ArgumentTypeError(f"parent must be MODEL[:RELATION], got {text!r}")
-    return mid, rel or "finetune"
+def _parent(text: str) -> tuple[str, str, str, int]:
+    """MODEL[:RELATION][@VERSION]: (model, relation, digest, version number); VERSION is the parent
+    version's sha256 digest or vN (N >= 1), absent for the parent's current version."""
+    head, at, which = text.partition("@")
+    mid, _, rel = head.partition(":")
+    if not mid or (at and not which):
+        raise argparse.ArgumentTypeError(f"parent must be MODEL[:RELATION][@DIGEST|@vN], got {text!r}")
+    digest, version = "", 0
+    if which:
+        if re.fullmatch(r"v[1-9][0-9]{0,8}", which):
+            version = int(which[1:])
+        elif re.fullmatch(r"[0-9a-f]{64}", which):
+            digest = which
+        else:
+            raise argparse.ArgumentTypeError(f"parent version must be a 64-hex sha256 digest or vN (N >= 1), "
+                                             f"got {which!r} in {text!r}")
+    return mid, rel or "finetune", digest, version
 
 
 #: What the admin options mean when given nowhere (they are SUPPRESSed in the parsers, see build_parser).
@@ -197,8 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--arch", required=True,
                      help='architecture JSON or a file holding it, e.g. {"model":"mlp","in_shape":[1,8,8],'
                           '"num_classes":10}')
-    pub.add_argument("--parents", nargs="*", type=_parent, default=[], metavar="MODEL[:RELATION]",
-                     help="parent models with relation aggregate|finetune|incremental|distill|transfer")
+    pub.add_argument("--parents", nargs="*", type=_parent, default=[], metavar="MODEL[:RELATION][@VERSION]",
+                     help="parent models with relation aggregate|finetune|incremental|distill|transfer "
+                          "(default finetune) and the parent version this model derived from: @DIGEST (the "
+                          "sha256 of that version's weights, as `export` prints it) or @vN; default the "
+                          "parent's current version. Requests that version had already applied do not "
+                          "concern this model through it, e.g. --parents b:finetune@v2")
     pub.add_argument("--labels", type=_labels, default=[], help="own label set (default: labels in --data)")
     pub.add_argument("--wait-parents", type=float, nargs="?", const=60.0, default=0.0, metavar="SECONDS",
                      help="while a parent's lineage has not reached this peer yet (FAILED_PRECONDITION), retry "
@@ -484,8 +501,8 @@ def _admin(args: argparse.Namespace) -> int:
     elif args.action == "lineage":
         r = stub.ListLineage(admin_pb2.ListLineageRequest(), timeout=t)
         rows = [f"{m.model_id:<12} v{m.version} {m.model_digest[:12]}  labels {list(m.labels)}  parents "
-                f"{', '.join(f'{p.model_id}({p.relation})' for p in m.parents) or '-'}  owner {m.owner[:12]}"
-                for m in r.models]
+                f"{', '.join(f'{p.model_id}@v{p.version}({p.relation})' for p in m.parents) or '-'}  "
+                f"owner {m.owner[:12]}" for m in r.models]
         show(r, "\n".join(rows) or "(no models yet)")
     elif args.action == "publish":
         arch = args.arch
@@ -493,10 +510,15 @@ def _admin(args: argparse.Namespace) -> int:
             arch = Path(arch).read_text()
         req = admin_pb2.PublishModelRequest(
             model_id=args.model_id, weights=args.weights.read_bytes(), data=args.data.read_bytes(),
-            parents=[admin_pb2.Parent(model_id=m, relation=rel) for m, rel in args.parents],
+            parents=[admin_pb2.Parent(model_id=m, relation=rel, digest=d, version=v) for m, rel, d, v in args.parents],
             labels=args.labels, architecture_json=arch)
         r = _retry_while_parents_unknown(lambda: stub.PublishModel(req, timeout=t), args.wait_parents)
-        show(r, f"published {r.model_id} {r.model_digest}\n  record {r.record_id}")
+        named = {m: bool(d or v) for m, _, d, v in args.parents}
+        lines = [f"published {r.model_id} {r.model_digest}", f"  record {r.record_id}"]
+        lines += [f"  parent {p.model_id} v{p.version} {p.digest[:12]} ({p.relation}"
+                  f"{'' if named.get(p.model_id) else '; its current version here: name another with @DIGEST or @vN'})"
+                  for p in r.parents]
+        show(r, "\n".join(lines))
     elif args.action == "export":
         from .files import write_atomic
 
@@ -517,6 +539,7 @@ def _admin(args: argparse.Namespace) -> int:
     elif args.action == "receipts":
         r = stub.ListReceipts(admin_pb2.ListReceiptsRequest(request_id=args.request), timeout=t)
         show(r, "\n".join(f"{x.request_id} {x.model_id}: {x.old_digest[:12]} -> {x.new_digest[:12]}"
+                          if x.state != "not_affected" else f"{x.request_id} {x.model_id}: not affected ({x.reason})"
                           for x in r.receipts) or "(no receipts)")
     return 0
 
@@ -545,11 +568,14 @@ def _show_request(stub, admin_pb2, args, show) -> int:
     while True:
         r = stub.GetRequest(admin_pb2.GetRequestRequest(request_id=args.request_id), timeout=args.timeout)
         applied = sum(m.state == "applied" for m in r.models)
+        spared = sum(m.state == "not_affected" for m in r.models)
         lines = [f"request {r.request_id}: forget {list(r.forget_labels)} - "
-                 f"{applied}/{len(r.models)} models applied{' - done' if r.done else ''}"]
+                 f"{applied}/{len(r.models)} models applied{f', {spared} not affected' if spared else ''}"
+                 f"{' - done' if r.done else ''}"]
         for m in r.models:
             role = "discovery" if m.discovery else "inherited"
-            detail = (f"{m.old_digest[:12]} -> {m.new_digest[:12]}" if m.state == "applied" else m.why_pending)
+            detail = (f"{m.old_digest[:12]} -> {m.new_digest[:12]}" if m.state == "applied" else
+                      m.reason if m.state == "not_affected" else m.why_pending)
             lines.append(f"  {m.model_id:<12} {role:<9} {m.state:<9} {detail}")
         text = "\n".join(lines)
         if not args.wait or r.done:

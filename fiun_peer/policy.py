@@ -4,11 +4,13 @@ A record that verifies (``fiun_peer.records``) is still only *a claim by its sig
 decide whether the signer is entitled to make it, from the records a peer already holds:
 
 - lineage: a model id belongs to the key that signed its version 1 (first claim a peer sees wins);
-  later versions only from that key;
+  later versions only from that key; a parent version it names must be one this peer knows (the
+  parent's receipt chain, ``fiun_peer.lineage``), else it waits for it;
 - unlearning request: only from an accepted requester (:class:`RequesterPolicy`);
 - Fisher announcement: only from the owner of a *discovery* model of that request (the model's own
   labels meet the request's forget labels), once per (request, model);
-- receipt: only from the model's owner, once per (request, model).
+- receipt: only from the model's owner, once per (request, model); a ``not_affected`` receipt only
+  for a model that this peer's lineage graph, too, leaves outside the request.
 
 A refusal is *deferred* when it may become acceptable as more records arrive (the model's lineage or
 the request has not reached this peer yet); anti-entropy sync offers the record again later.
@@ -26,10 +28,11 @@ from torch import Tensor
 
 from .core.fiun import check_fisher
 from .lineage import LineageView
-from .records import Record, is_digest
+from .records import NOT_AFFECTED, Record, is_digest, receipt_state
 
 # Counter suffixes (``rejected_<reason>``) of authorization refusals.
-REFUSALS = ("not_owner", "not_requester", "not_discovery", "unknown_subject", "equivocation", "conflict")
+REFUSALS = ("not_owner", "not_requester", "not_discovery", "unknown_subject", "equivocation", "conflict",
+            "unknown_parent_version", "contradicts_lineage")
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,11 @@ def authorize(rec: Record, *, view: LineageView, own_key: str, requesters: Reque
     if rec.kind == "announcement" and not (view.umig.labels(model) & set(req.predicate["forget_labels"])):
         return Refusal("not_discovery", f"{model} is not a discovery model of request {rid}: its own labels "
                                         f"hold none of {req.predicate['forget_labels']}")
+    if rec.kind == "receipt" and receipt_state(p) == NOT_AFFECTED \
+            and model in view.umig.unlearning_subgraph(req.predicate["forget_labels"], rid):
+        ancestors = view.umig.discovery_ancestors(model, req.predicate["forget_labels"], rid)
+        return Refusal("contradicts_lineage", f"receipt says {model} is not affected by request {rid}, but it "
+                                              f"descends from the data to forget through {', '.join(ancestors)}")
     held = existing(rec.kind, rid, model)
     if held is not None and held.record_id != rec.record_id:
         return Refusal("equivocation", f"owner of {model} already sent a different {rec.kind} for request "
@@ -108,8 +116,10 @@ def _lineage(rec: Record, view: LineageView) -> Refusal | None:
     model, version = rec.predicate["model_id"], rec.predicate["version"]
     first = view.first.get(model)
     if version == 1:
-        if first is None or first.record_id == rec.record_id:
+        if first is not None and first.record_id == rec.record_id:
             return None
+        if first is None:
+            return _parent_versions(rec, view)
         if first.signer != rec.signer:
             return Refusal("not_owner", f"model {model} is already owned by another key")
         return Refusal("conflict", f"model {model} already has a different version 1")
@@ -117,6 +127,20 @@ def _lineage(rec: Record, view: LineageView) -> Refusal | None:
         return Refusal("unknown_subject", f"version {version} of {model} before its version 1", deferred=True)
     if first.signer != rec.signer:
         return Refusal("not_owner", f"version {version} of {model} not signed by its owner")
+    return None
+
+
+def _parent_versions(rec: Record, view: LineageView) -> Refusal | None:
+    """A new model naming a version of a parent in the graph that is not one this peer knows waits
+    for it (the parent's receipt may be on its way); a parent not in the graph yet is the view's
+    to wait for (``fiun_peer.lineage``), since its versions cannot be judged before it arrives."""
+    for p in rec.predicate["parents"]:
+        pid = p["model_id"]
+        if pid in view.umig and view.version_of(pid, p["digest"]) is None:
+            return Refusal("unknown_parent_version",
+                           f"{rec.predicate['model_id']} derives from {pid} at {p['digest'][:12]}, which is not a "
+                           f"version of {pid} this peer knows (its versions: "
+                           f"{', '.join(d[:12] for d in view.versions[pid])})", deferred=True)
     return None
 
 

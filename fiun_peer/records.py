@@ -1,7 +1,8 @@
 """Signed records: a DSSE envelope around an in-toto Statement v1, signed with the peer's Ed25519 key.
 
 Four predicate types travel by gossip: lineage (a model version and its parents), unlearning requests,
-Fisher announcements (a discovery node's Fisher blob digest) and receipts (old digest -> new digest).
+Fisher announcements (a discovery node's Fisher blob digest) and receipts (old digest -> new digest,
+or "not affected" with the reason).
 DSSE signs the raw payload bytes through PAE, so the envelope around them may come in any valid JSON
 encoding (pretty-printed, keys in another order, escaped characters): it is parsed and re-encoded as
 canonical JSON (sorted keys, compact, ASCII), and the record's id is the sha256 of that canonical
@@ -10,10 +11,11 @@ itself is the signed payload: its bytes are what the signature covers, so they m
 canonical JSON (one statement, one signed form). Duplicate keys are refused in both: parsers that
 keep the first or the last value would read different records.
 
-A lineage record names the model version (its weights digest is the subject), its parents, label
-set, head and architecture; since issue 14 it does not name the owner's training data (the data
-digest stays in the owner's local state). Older records that still carry ``data_digest`` are
-accepted and the field is ignored (see docs/security.md).
+A lineage record names the model version (its weights digest is the subject), its parents (each
+with the digest of the parent *version* the model derived from), label set, head and architecture;
+since issue 14 it does not name the owner's training data (the data digest stays in the owner's
+local state). Older records that still carry ``data_digest`` are accepted and the field is ignored
+(see docs/security.md).
 
 Every check that can fail raises :class:`RecordError` with a machine-readable ``reason`` (see
 :data:`REASONS`), which callers count and report.
@@ -54,6 +56,9 @@ REASONS = frozenset({"malformed", "too_large", "bad_signature", "unknown_predica
 # Ids appear inside subject names ("fisher:<request>:<model>") and file names: no ':' or '/'.
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+RECEIPT_KEYS = frozenset({"request_id", "model_id", "old_digest", "new_digest"})
+APPLIED, NOT_AFFECTED = "applied", "not_affected"   # receipt states
+MAX_REASON = 1000
 LINEAGE_KEYS = frozenset({"model_id", "version", "parents", "relation", "labels", "head_tensors", "architecture",
                           "model_fisher_digests", "previous_digest"})
 
@@ -351,14 +356,31 @@ def _check_announcement(p: dict[str, Any], name: str, digest: str, signer: str) 
 
 
 def _check_receipt(p: dict[str, Any], name: str, digest: str, signer: str) -> None:
-    _expect_keys(p, {"request_id", "model_id", "old_digest", "new_digest"}, "receipt predicate",
+    # ``state``/``reason``: only in a not_affected receipt; an applied one keeps the shape it had
+    # before issue 18, so one meaning has one signed form (and older peers still read it).
+    stated = "state" in p or "reason" in p
+    _expect_keys(p, RECEIPT_KEYS | ({"state", "reason"} if stated else set()), "receipt predicate",
                  "invalid_field")
     _id(p, "request_id")
     model_id = _id(p, "model_id")
-    _digest(p, "old_digest")
+    old_digest = _digest(p, "old_digest")
     new_digest = _digest(p, "new_digest")
+    if stated:
+        if p["state"] != NOT_AFFECTED:
+            raise _bad("state", f"must be {NOT_AFFECTED!r} (an applied receipt has no state field)")
+        reason = p["reason"]
+        if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON \
+                or not reason.isprintable():
+            raise _bad("reason", f"must be a printable text of 1..{MAX_REASON} characters")
+        if old_digest != new_digest:
+            raise _bad("new_digest", "must equal old_digest: a model that is not affected keeps its version")
     if name != f"model:{model_id}" or digest != new_digest:
         raise RecordError("subject_mismatch", f"subject must be model:{model_id} with digest = new_digest")
+
+
+def receipt_state(predicate: Mapping[str, Any]) -> str:
+    """``applied`` or ``not_affected`` (a receipt without a state, as every one before issue 18, applied)."""
+    return predicate.get("state", APPLIED)
 
 
 _VALIDATORS: dict[str, Callable[[dict[str, Any], str, str, str], None]] = {
@@ -405,7 +427,8 @@ def build_lineage(identity: Identity, *, model_id: str, model_digest: str, versi
                   parents: Iterable[Mapping[str, str]], relation: str, labels: Iterable[int],
                   head_tensors: Iterable[str], architecture: Mapping[str, Any],
                   model_fisher_digests: Mapping[str, str], previous_digest: str | None = None) -> Record:
-    """Lineage of one model version. ``parents``: ``{model_id, digest, relation}`` each.
+    """Lineage of one model version. ``parents``: ``{model_id, digest, relation}`` each, ``digest``
+    naming the parent *version* the model derived from (records before issue 18: always version 1).
 
     ``relation`` is ``"root"`` for a model without parents; ``version`` starts at 1, and
     ``previous_digest`` is None exactly for version 1. The owner's training data is not named: its
@@ -449,8 +472,12 @@ def build_announcement(identity: Identity, *, request_id: str, model_id: str, mo
 
 
 def build_receipt(identity: Identity, *, request_id: str, model_id: str, old_digest: str,
-                  new_digest: str) -> Record:
-    """A receipt: ``model_id`` applied ``request_id``, moving from ``old_digest`` to ``new_digest``."""
+                  new_digest: str, state: str = APPLIED, reason: str = "") -> Record:
+    """A receipt: ``model_id`` applied ``request_id``, moving from ``old_digest`` to ``new_digest``;
+    or (``state="not_affected"``, ``new_digest == old_digest``) it is outside the request's effect,
+    and ``reason`` says why."""
     predicate = {"request_id": request_id, "model_id": model_id, "old_digest": old_digest,
                  "new_digest": new_digest}
+    if state != APPLIED:
+        predicate.update(state=state, reason=reason)
     return sign_statement(identity, RECEIPT_V1, f"model:{model_id}", new_digest, predicate)

@@ -91,35 +91,91 @@ def lineage_data(stage: Stage, node: str) -> list[int]:
 
 
 def run_fiun(stage: Stage, forget: tuple[int, ...], settings: FIUnSettings) -> dict:
-    """Algorithm 1 over the whole graph. Model Fishers (Eq. 4) are computed first, as at publish
-    time, and excluded from the unlearning time, as in the paper (section 4.4.2)."""
-    g, ds = stage.umig, stage.ds
-    sub = g.unlearning_subgraph(forget)
-    if not sub:
-        raise ValueError(f"no model's own data holds labels {list(forget)}: nothing to unlearn")
-    model_fishers = {n: node_model_fisher(stage.models[n], *own_data(ds, stage.data_idx[n]), settings)
-                     for n in sub}
-    fhat, fhat_s = {}, {}
-    for d in g.discovery_nodes(forget):                       # Algorithm 1, lines 4-6
-        t0 = time.perf_counter()
-        fhat[d] = node_unlearning_fisher(stage.models[d], *own_data(ds, stage.data_idx[d]), forget, settings)
-        fhat_s[d] = time.perf_counter() - t0
-    states, upd_s = {}, {}
-    for n in sub:                                             # lines 7-11
-        t0 = time.perf_counter()
-        states[n] = apply_fiun(stage.models[n], model_fishers[n],
-                               [fhat[d] for d in g.discovery_ancestors(n, forget)], settings,
-                               forget_labels=forget)
-        upd_s[n] = time.perf_counter() - t0
-    models = {}
-    for n, st in states.items():
-        m = _fresh_model(stage)
-        m.load_state_dict(st)
-        models[n] = m.eval()
-    cumulative = {n: max(fhat_s[d] for d in g.discovery_ancestors(n, forget)) + upd_s[n] for n in sub}
-    return {"subgraph": sub, "models": models, "states": states, "model_fishers": model_fishers,
-            "unlearning_fishers": fhat, "seconds": sum(fhat_s.values()) + sum(upd_s.values()),
-            "cumulative": cumulative}
+    """Algorithm 1 over the whole graph for one request. Model Fishers (Eq. 4) are computed first,
+    as at publish time, and excluded from the unlearning time, as in the paper (section 4.4.2)."""
+    return Reference(stage, settings).apply("request", forget)
+
+
+class Reference:
+    """Algorithm 1 in one process over a lineage that lives on: requests applied one after another
+    and models added later from any version of their parents, as the peers see it. The graph
+    questions are the core's (``UMIG`` with versions, the same ones every peer asks), and each model
+    changes only through ``fiun_peer.unlearn``, so the network must match it to the bit:
+
+    - a request concerns a model through a parent only if the parent version it derived from had not
+      applied that request (``UMIG.unlearning_subgraph(C_f, request_id)``);
+    - a discovery node's unlearning Fisher (Eq. 3) is computed on the version it has when it first
+      takes the request, and reused by every model that takes it later;
+    - the model Fisher (Eq. 4) is that of the model's *current* version, on its own data.
+    """
+
+    def __init__(self, stage: Stage, settings: FIUnSettings) -> None:
+        self.stage, self.settings = stage, settings
+        self.umig = to_umig(stage.nodes)          # our own: versions are added to it
+        self.models: dict[str, nn.Module] = dict(stage.models)
+        self.data: dict[str, tuple[torch.Tensor, torch.Tensor]] = {
+            n.id: own_data(stage.ds, stage.data_idx[n.id]) for n in stage.nodes}
+        self.unlearning_fishers: dict[tuple[str, str], dict] = {}    # (request, discovery node) -> F̂
+        self._fhat_seconds: dict[tuple[str, str], float] = {}
+        self._model_fishers: dict[tuple, dict] = {}                  # (model, version, estimator) -> F_j
+
+    def add_model(self, model_id: str, labels, model: nn.Module, data: tuple[torch.Tensor, torch.Tensor],
+                  parents: list[tuple[str, str, int]]) -> None:
+        """A model published later: ``parents`` are (parent, relation, the parent version it derived from)."""
+        self.umig.add_model(model_id, labels)
+        for pid, relation, version in parents:
+            self.umig.add_edge(pid, model_id, relation, version)
+        self.models[model_id], self.data[model_id] = model, data
+
+    def model_fisher(self, n: str, settings: FIUnSettings | None = None) -> dict:
+        """F_j (Eq. 4) of the model's current version on its own data (what a peer caches per
+        version and settings)."""
+        s = settings or self.settings
+        key = (n, self.umig.version(n), s.estimator, s.temperature, s.batch_size)
+        if key not in self._model_fishers:
+            self._model_fishers[key] = node_model_fisher(self.models[n], *self.data[n], s)
+        return self._model_fishers[key]
+
+    def apply(self, request_id: str, forget: tuple[int, ...], settings: FIUnSettings | None = None) -> dict:
+        """Every model the request concerns that has not applied it yet applies it now (Algorithm 1),
+        with the request's ``settings`` (default: the reference's): returns the run_fiun dict for
+        those models, plus ``not_affected`` (models that descend from a discovery node only through
+        versions that had applied it)."""
+        g, s = self.umig, settings or self.settings
+        sub = [n for n in g.unlearning_subgraph(forget, request_id) if request_id not in g.applied(n)]
+        if not g.discovery_nodes(forget):
+            raise ValueError(f"no model's own data holds labels {list(forget)}: nothing to unlearn")
+        model_fishers = {n: self.model_fisher(n, s) for n in sub}
+        for d in g.discovery_nodes(forget):                       # Algorithm 1, lines 4-6
+            if d in sub and (request_id, d) not in self.unlearning_fishers:
+                t0 = time.perf_counter()
+                self.unlearning_fishers[request_id, d] = node_unlearning_fisher(self.models[d], *self.data[d],
+                                                                                forget, s)
+                self._fhat_seconds[request_id, d] = time.perf_counter() - t0
+        fhat = {d: f for (rid, d), f in self.unlearning_fishers.items() if rid == request_id}
+        fhat_s = {d: t for (rid, d), t in self._fhat_seconds.items() if rid == request_id}
+        states, upd_s = {}, {}
+        for n in sub:                                             # lines 7-11
+            t0 = time.perf_counter()
+            states[n] = apply_fiun(self.models[n], model_fishers[n],
+                                   [fhat[d] for d in g.discovery_ancestors(n, forget, request_id)], s,
+                                   forget_labels=forget)
+            upd_s[n] = time.perf_counter() - t0
+        models = {}
+        for n, st in states.items():
+            m = _fresh_model(self.stage)
+            m.load_state_dict(st)
+            models[n] = m.eval()
+        cumulative = {n: max(fhat_s[d] for d in g.discovery_ancestors(n, forget, request_id)) + upd_s[n]
+                      for n in sub}
+        seconds = sum(fhat_s[d] for d in fhat_s if d in sub) + sum(upd_s.values())
+        for n in sub:                                             # the new versions
+            self.models[n] = models[n]
+            g.add_version(n, request_id)
+        not_affected = [n for n in g.unlearning_subgraph(forget) if n not in g.unlearning_subgraph(forget, request_id)]
+        return {"subgraph": sub, "models": models, "states": states, "model_fishers": model_fishers,
+                "unlearning_fishers": {d: fhat[d] for d in fhat if d in sub}, "seconds": seconds,
+                "cumulative": cumulative, "not_affected": not_affected}
 
 
 def _fresh_model(stage: Stage) -> nn.Module:

@@ -13,12 +13,13 @@ def d(text: str) -> str:
 
 
 def lineage(who: Identity, model: str, labels: list[int], parents: tuple[str, ...] = (), version: int = 1,
-            digest: str | None = None) -> R.Record:
+            digest: str | None = None, parent_versions: dict[str, int] | None = None) -> R.Record:
     """Version ``version`` of ``model`` (digest ``d(f"{model}-v{version}")``), fine-tuned from
-    ``parents`` at their first versions, or a root."""
+    ``parents`` at their first versions (or those in ``parent_versions``), or a root."""
+    at = parent_versions or {}
     return R.build_lineage(
         who, model_id=model, model_digest=digest or d(f"{model}-v{version}"), version=version,
-        parents=[{"model_id": p, "digest": d(f"{p}-v1"), "relation": "finetune"} for p in parents],
+        parents=[{"model_id": p, "digest": d(f"{p}-v{at.get(p, 1)}"), "relation": "finetune"} for p in parents],
         relation="finetune" if parents else "root", labels=labels, head_tensors=["head.weight", "head.bias"],
         architecture={"model": "mlp", "in_shape": [1, 8, 8], "num_classes": 10},
         model_fisher_digests={"empirical": d(f"{model}-mf")},

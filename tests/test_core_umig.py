@@ -298,3 +298,102 @@ def test_answers_follow_the_graph_as_it_grows_and_callers_cannot_change_them():
     g.add_edge("b", "c", "distill")
     assert g.unlearning_subgraph([1]) == ["a", "b", "c"] and g.descendants("a") == ["b", "c"]
     assert g.unlearning_subgraph([3]) == ["c"] and g.unlearning_subgraph([7]) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Versions (issue 18): an edge names the parent version the child derived from, and a request
+# reaches the child through it only if that version had not applied the request yet.
+# The il case: g (0-5) -> a (0-7) -> b (0-9); forget-2 applied by all three (each now at v2); then
+# d (b v2, holds label 2), e (b v1, no label 2) and f (b v2, labels 8-9) are added.
+# ---------------------------------------------------------------------------------------------
+
+
+def _il_after_forget_2() -> UMIG:
+    g = UMIG()
+    for m, labels in (("g", range(6)), ("a", range(8)), ("b", range(10))):
+        g.add_model(m, labels)
+    g.add_edge("g", "a", "incremental")
+    g.add_edge("a", "b", "incremental")
+    for m in ("g", "a", "b"):
+        assert g.add_version(m, "forget-2") == 2
+    for m, labels, version in (("d", range(10), 2), ("e", [0, 1, 3, 8], 1), ("f", [8, 9], 2)):
+        g.add_model(m, labels)
+        g.add_edge("b", m, "finetune", version)
+    return g
+
+
+def test_a_child_of_a_version_that_applied_the_request_is_outside_it():
+    g = _il_after_forget_2()
+    assert g.unlearning_subgraph([2], "forget-2") == ["g", "a", "b", "d", "e"]
+    assert g.discovery_ancestors("d", [2], "forget-2") == ["d"]              # b v2 passes nothing on
+    assert g.discovery_ancestors("e", [2], "forget-2") == ["g", "a", "b"]    # b v1 held label 2
+    assert g.discovery_ancestors("f", [2], "forget-2") == []
+    assert not g.carries("b", "f", "forget-2") and g.carries("b", "e", "forget-2")
+    # By the graph's shape alone (no request id) f still descends from the data: who must answer.
+    assert g.unlearning_subgraph([2]) == ["g", "a", "b", "d", "e", "f"]
+    assert g.discovery_ancestors("f", [2]) == ["g", "a", "b"]
+
+
+def test_a_new_request_reaches_a_child_through_the_version_it_derived_from():
+    g = _il_after_forget_2()
+    assert g.unlearning_subgraph([3], "forget-3") == ["g", "a", "b", "d", "e", "f"]
+    assert g.discovery_ancestors("f", [3], "forget-3") == ["g", "a", "b"]
+    assert g.discovery_ancestors("d", [3], "forget-3") == ["g", "a", "b", "d"]
+    assert (g.version("b"), g.parent_version("b", "f"), g.applied("b", 2), g.applied("b", 1)) == \
+        (2, 2, ["forget-2"], [])
+    g.add_version("b", "forget-3")
+    # Applying a later request changes no answer about the versions edges already name.
+    assert g.discovery_ancestors("f", [3], "forget-3") == ["g", "a", "b"] and g.applied("b") == ["forget-2", "forget-3"]
+
+
+def test_multi_root_child_inherits_through_the_dirty_parent_only():
+    # x (holds 0) and y (holds 0) both applied r; c aggregates x v2 (clean) and y v1 (dirty); z, a
+    # child of c, and w, a child of x v2 only.
+    g = UMIG()
+    for m, labels in (("x", [0, 1]), ("y", [0, 2]), ("c", [1, 2]), ("z", [5]), ("w", [6])):
+        g.add_model(m, labels)
+    for m in ("x", "y"):
+        g.add_version(m, "r")
+    g.add_edge("x", "c", "aggregate", 2)
+    g.add_edge("y", "c", "aggregate", 1)
+    g.add_edge("c", "z", "finetune")
+    g.add_edge("x", "w", "distill", 2)
+    assert g.unlearning_subgraph([0], "r") == ["x", "y", "c", "z"]
+    assert g.discovery_ancestors("c", [0], "r") == ["y"]
+    assert g.discovery_ancestors("z", [0], "r") == ["y"]
+    assert g.discovery_ancestors("w", [0], "r") == []
+    # Another request neither applied: every edge carries it.
+    assert g.discovery_ancestors("z", [0], "s") == ["x", "y"] and "w" in g.unlearning_subgraph([0], "s")
+
+
+def test_old_edges_name_version_1_and_carry_every_request():
+    """Records from before issue 18 always named the parent's first version: read as written, such a
+    child inherits from every request its parent applied, which is what the peers did then."""
+    g = UMIG()
+    g.add_model("p", [2])
+    g.add_model("c", [5])
+    g.add_version("p", "r")
+    g.add_edge("p", "c", "finetune")                      # parent_version defaults to 1
+    assert g.parent_version("p", "c") == 1 and g.discovery_ancestors("c", [2], "r") == ["p"]
+
+
+@pytest.mark.parametrize("version", [0, 3, True, "2", None])
+def test_an_unknown_parent_version_is_refused_and_the_graph_unchanged(version):
+    g = UMIG()
+    g.add_model("p", [2])
+    g.add_model("c", [5])
+    g.add_version("p", "r")
+    with pytest.raises(UMIGError, match="no version"):
+        g.add_edge("p", "c", "finetune", version)
+    assert g.parents("c") == [] and g.unlearning_subgraph([2], "r") == ["p"]
+
+
+def test_a_request_applies_once_per_model():
+    g = UMIG()
+    g.add_model("p", [2])
+    g.add_version("p", "r")
+    with pytest.raises(UMIGError, match="already applied"):
+        g.add_version("p", "r")
+    with pytest.raises(UMIGError, match="unknown model"):
+        g.add_version("q", "r")
+    assert g.version("p") == 2

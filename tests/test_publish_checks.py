@@ -179,3 +179,38 @@ def test_an_own_model_from_before_issue_14_still_finds_its_data(tmp_path) -> Non
         assert agent.ingest(legacy.envelope, source="test")[2] == "accepted"
         store.put_state("model:old", {"digest": weights_digest, "version": 1, "original": weights_digest})
         assert agent._data_digest("old") == data_digest
+
+
+def test_a_parent_version_this_peer_does_not_know_is_refused_and_leaves_nothing(host, stub) -> None:
+    """Issue 18: a child names the parent version it derived from. One that is not a version of the
+    parent this peer knows (a digest nothing made, a version not reached yet) is refused with the
+    versions it does know; a digest and a number must agree."""
+    parent = stub.PublishModel(request(model_id="pv"), timeout=60).model_digest
+    other = "ab" * 32
+    known = f"this peer knows v1 {parent[:12]}"
+    # A version not known *yet* may arrive (its receipt is on its way): FAILED_PRECONDITION, which
+    # --wait-parents retries; a malformed or self-contradicting reference is INVALID_ARGUMENT.
+    later, wrong = grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT
+    cases = [
+        (admin_pb2.Parent(model_id="pv", relation="finetune", digest=other), (f"unknown version {other[:12]}", known),
+         later),
+        (admin_pb2.Parent(model_id="pv", relation="finetune", version=2), ("unknown version 2", known), later),
+        (admin_pb2.Parent(model_id="pv", relation="finetune", digest="AB" * 32), ("64 lowercase hex",), wrong),
+        (admin_pb2.Parent(model_id="pv", relation="finetune", digest=parent, version=3), ("is version 1, not 3",),
+         wrong),
+    ]
+    for bad, reasons, code in cases:
+        before = snapshot(host)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.PublishModel(request(model_id="pv-child", parents=[bad]), timeout=60)
+        assert info.value.code() == code, info.value.details()
+        assert all(r in info.value.details() for r in reasons), info.value.details()
+        assert snapshot(host) == before
+    # Named by number, by digest, or not at all (the current version): each signed with the digest.
+    for i, named in enumerate([dict(version=1), dict(digest=parent), {}]):
+        reply = stub.PublishModel(request(model_id=f"pv-child-{i}", parents=[
+            admin_pb2.Parent(model_id="pv", relation="distill", **named)]), timeout=60)
+        assert [(p.model_id, p.relation, p.digest, p.version) for p in reply.parents] == \
+            [("pv", "distill", parent, 1)]
+        (rec,) = [r for r in host.call(host.store.records, "lineage") if r.record_id == reply.record_id]
+        assert rec.predicate["parents"] == [{"model_id": "pv", "digest": parent, "relation": "distill"}]

@@ -87,3 +87,78 @@ def test_an_applied_request_is_settled_once_its_receipt_is_ours(agent: Agent, mo
     trio.run(agent.reconcile)
     assert [r.kind for r in sent] == ["lineage", "receipt"]
     assert not [k for k in reads if k.startswith("req:r9:")]
+
+
+def _m3_from_m1_v2(agent: Agent) -> list[R.Record]:
+    """Request r1 forgets label 1 (m1's); m1 applied it (v2), and our m3 was then derived from m1 v2.
+    Returns the list our records are "sent" to."""
+    rec = R.build_request(OTHER, request_id="r1", forget_labels=[1], settings={})
+    assert agent.ingest(rec.envelope, source="test")[2] == "accepted"
+    m1_receipt = R.build_receipt(OTHER, request_id="r1", model_id="m1", old_digest=d("m1-v1"), new_digest=d("m1-v2"))
+    assert agent.ingest(m1_receipt.envelope, source="test")[2] == "accepted"
+    assert agent.ingest(lineage(ME, "m3", [3], ("m1",), parent_versions={"m1": 2}).envelope, source="test")[2] \
+        == "accepted"
+    agent.store.put_state("model:m3", {"digest": d("m3-v1"), "version": 1})
+    sent: list[R.Record] = []
+
+    async def publish(envelope: bytes, push_to, gossip) -> None:
+        sent.append(R.parse_record(envelope))
+    agent._publish = publish
+    return sent
+
+
+def test_a_model_outside_a_request_says_so_once_and_is_settled(agent: Agent, monkeypatch) -> None:
+    """Issue 18's latent path: a model that descends from the data to forget by the graph's shape,
+    but only through a parent version that had applied the request already, was neither applied nor
+    settled nor receipted, so the requester saw it pending for ever. Now its owner signs one
+    not_affected receipt with the reason, and the pair is settled."""
+    sent = _m3_from_m1_v2(agent)
+    trio.run(agent.reconcile)
+    (spared,) = [r for r in sent if r.kind == "receipt"]     # m2 (from m1 v1) waits for m1's Fisher
+    p = spared.predicate
+    assert (p["model_id"], R.receipt_state(p), p["old_digest"], p["new_digest"]) == \
+        ("m3", "not_affected", d("m3-v1"), d("m3-v1"))
+    assert f"m1 v2 ({d('m1-v2')[:12]})" in p["reason"] and "none of [1]" in p["reason"]
+    assert agent.store.has_record(spared.record_id)          # our own peer accepted it too
+    assert agent.store.get_state("req:r1:m3")["state"] == "not_affected"
+    assert ("r1", "m3") in agent._settled and ("r1", "m2") not in agent._settled
+    by = {x.model_id: x for x in agent.request_progress("r1")[1]}
+    assert (by["m3"].state, by["m3"].reason, by["m2"].state) == ("not_affected", p["reason"], "pending")
+    reads = _state_reads(agent, monkeypatch)
+    trio.run(agent.reconcile)
+    assert len([r for r in sent if r.kind == "receipt"]) == 1 and "req:r1:m3" not in reads
+
+
+def test_a_not_affected_receipt_lost_in_a_crash_goes_out_after_restart(agent: Agent) -> None:
+    sent = _m3_from_m1_v2(agent)
+    # As _not_affected leaves it when the process dies before the receipt is out: the state, no receipt.
+    agent.store.put_state("req:r1:m3", {"state": "not_affected", "old": d("m3-v1"), "new": d("m3-v1"),
+                                        "reason": "derived from m1 v2"})
+    trio.run(agent.reconcile)
+    trio.run(agent.reconcile)
+    receipts = [r for r in sent if r.kind == "receipt"]
+    assert [(r.predicate["model_id"], R.receipt_state(r.predicate), r.predicate["reason"]) for r in receipts] == \
+        [("m3", "not_affected", "derived from m1 v2")]
+    assert agent.store.has_record(receipts[0].record_id)
+
+
+def test_the_reason_of_an_aggregate_of_many_clean_parents_fits_a_receipt(agent: Agent) -> None:
+    rec = R.build_request(OTHER, request_id="r1", forget_labels=[1], settings={})
+    agent.ingest(rec.envelope, source="test")
+    parents = tuple(f"p{i:03d}-" + "x" * 100 for i in range(12))
+    for p in parents:
+        assert agent.ingest(lineage(OTHER, p, [1]).envelope, source="test")[2] == "accepted"
+        receipt = R.build_receipt(OTHER, request_id="r1", model_id=p, old_digest=d(f"{p}-v1"), new_digest=d(f"{p}-v2"))
+        assert agent.ingest(receipt.envelope, source="test")[2] == "accepted"
+    agg = lineage(ME, "agg", [5], parents, parent_versions=dict.fromkeys(parents, 2))
+    assert agent.ingest(agg.envelope, source="test")[2] == "accepted"
+    agent.store.put_state("model:agg", {"digest": d("agg-v1"), "version": 1})
+    sent = []
+
+    async def publish(envelope: bytes, push_to, gossip) -> None:
+        sent.append(R.parse_record(envelope))
+    agent._publish = publish
+    trio.run(agent.reconcile)
+    (spared,) = [r for r in sent if r.kind == "receipt" and r.predicate["model_id"] == "agg"]
+    assert len(spared.predicate["reason"]) == R.MAX_REASON and spared.predicate["reason"].endswith("...")
+    assert agent.store.has_record(spared.record_id) and ("r1", "agg") in agent._settled

@@ -311,3 +311,44 @@ def test_record_error_reasons_are_fixed() -> None:
                          "subject_mismatch", "invalid_field"}
     with pytest.raises(ValueError):
         R.RecordError("whatever", "x")
+
+
+def _not_affected(**overrides: Any) -> R.Record:
+    fields: dict[str, Any] = dict(old_digest=D1, new_digest=D1, state=R.NOT_AFFECTED,
+                                  reason="derived from b v2 (790dc535a3b7), a version that had applied it")
+    return receipt(**{**fields, **overrides})
+
+
+def test_a_not_affected_receipt_round_trips_and_an_applied_one_keeps_its_old_shape() -> None:
+    spared = _not_affected()
+    again = R.parse_record(spared.envelope)
+    assert (R.receipt_state(again.predicate), again.predicate["reason"]) == ("not_affected", spared.predicate["reason"])
+    applied = receipt()
+    assert set(applied.predicate) == R.RECEIPT_KEYS and R.receipt_state(applied.predicate) == "applied"
+
+
+@pytest.mark.parametrize("change,why", [
+    ({"state": "applied"}, "state"),                       # one meaning, one signed form: no state when applied
+    ({"state": "maybe"}, "state"),
+    ({"reason": ""}, "reason"),
+    ({"reason": "  "}, "reason"),
+    ({"reason": "x" * (R.MAX_REASON + 1)}, "reason"),
+    ({"reason": "line\nbreak"}, "reason"),
+    ({"reason": 7}, "reason"),
+    ({"new_digest": D2}, "new_digest"),                    # not affected: the model keeps its version
+])
+def test_a_malformed_not_affected_receipt_is_refused_with_the_field(change: dict[str, Any], why: str) -> None:
+    statement = statement_of(_not_affected())
+    statement["predicate"].update(change)
+    if "new_digest" in change:
+        statement["subject"][0]["digest"]["sha256"] = change["new_digest"]
+    with pytest.raises(R.RecordError) as info:
+        R.parse_record(resign(ALICE, statement))
+    assert info.value.reason == "invalid_field" and info.value.message.startswith(why), info.value.message
+
+
+def test_a_receipt_with_a_state_needs_its_reason_and_the_other_way_round() -> None:
+    for drop in ("state", "reason"):
+        statement = statement_of(_not_affected())
+        del statement["predicate"][drop]
+        assert reason_of(resign(ALICE, statement)) == "invalid_field"

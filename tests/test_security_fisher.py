@@ -15,6 +15,7 @@ import torch
 from security_support import AgentHost
 
 from fiun_peer import records as R
+from fiun_peer.agent import ParentRef
 from fiun_peer.identity import Identity
 from fiun_peer.models import build_model
 from fiun_peer.rpc.fisher_service import FisherServicer, fetch_blob
@@ -103,7 +104,7 @@ def network(tmp_path: Path):
         y = torch.arange(5, 10).repeat(8)
         data = to_bytes({"x": torch.rand(len(y), 1, 8, 8), "y": y})
         host.acall(host.agent.publish_model, model_id="a", weights=to_bytes(model.state_dict()), data=data,
-                   parents=[("g", "finetune")], labels=[], architecture=ARCH, head_tensors=[])
+                   parents=[ParentRef("g", "finetune")], labels=[], architecture=ARCH, head_tensors=[])
         # Alice (the announcer) is reached at p1 first, another peer at p2.
         host.call(host.agent.peers.update, {ALICE.public_key_hex: providers[0].target, "b" * 64: providers[1].target})
         yield host, providers

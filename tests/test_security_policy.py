@@ -167,3 +167,78 @@ def test_who_may_read_each_kind_of_blob() -> None:
     assert "not serve data" in blob_refusal(["fisher", "data"], "peer", announced=True)  # the most private wins
     with pytest.raises(ValueError):
         blob_refusal(["fisher"], "anyone", announced=True)
+
+
+# -- parent versions and not_affected receipts (issue 18) ----------------------------------------------
+
+
+def test_a_model_naming_an_unknown_parent_version_waits_for_the_receipt_that_makes_it(agent: Agent) -> None:
+    """g's version 2 is known once Alice's receipt that made it is: until then a child naming it is
+    refused for now (counted once, nothing stored) and taken as soon as the receipt arrives."""
+    assert ingest(agent, R.build_request(BOB, request_id="r1", forget_labels=[3])) == "accepted"
+    child = lineage(MALLORY, "c", [7], ("g",), parent_versions={"g": 2})
+    never = lineage(MALLORY, "n", [7], ("g",), parent_versions={"g": 9})
+    records = agent.store.record_count()
+    for rec in (child, child, never):
+        assert ingest(agent, rec) == "unknown_parent_version"
+    assert agent.store.record_count() == records and "c" not in agent.view.umig
+    assert agent.store.counters()["rejected_unknown_parent_version"] == 2    # once per record
+    assert ingest(agent, receipt(ALICE, "g", new="g-v2")) == "accepted"      # g v1 -> v2 by r1
+    assert agent.store.has_record(child.record_id) and not agent.store.has_record(never.record_id)
+    g = agent.view.umig
+    assert (agent.view.version_of("g", d("g-v2")), g.parent_version("g", "c")) == (2, 2)
+    assert "c" not in g.unlearning_subgraph([3], "r1") and "c" in g.unlearning_subgraph([3])
+    assert "a" in g.unlearning_subgraph([3], "r1")                          # a derived from g v1
+    rebuilt = build_view(agent.store.records("lineage"), agent.store.records("receipt"))
+    assert rebuilt.versions == agent.view.versions
+    assert [(p, rebuilt.umig.parent_version(p, m)) for m in ("a", "c") for p in rebuilt.umig.parents(m)] == \
+        [("g", 1), ("g", 2)]
+
+
+def test_a_child_whose_parent_arrives_later_waits_in_the_view_for_the_version(agent: Agent) -> None:
+    """Its parent unknown, the record cannot be judged: it is stored and joins the graph once the
+    parent and the version it names are known (a rebuild from the store agrees at every step)."""
+    ingest(agent, R.build_request(BOB, request_id="r1", forget_labels=[3]))
+    child = lineage(MALLORY, "c", [7], ("p",), parent_versions={"p": 2})
+    assert ingest(agent, child) == "accepted" and "c" not in agent.view.umig
+    assert ingest(agent, lineage(ALICE, "p", [3])) == "accepted"
+    assert "p" in agent.view.umig and "c" not in agent.view.umig and "c" in agent.view.waiting
+    assert ingest(agent, receipt(ALICE, "p", new="p-v2")) == "accepted"
+    assert agent.view.umig.parents("c") == ["p"] and agent.view.umig.parent_version("p", "c") == 2
+    rebuilt = build_view(agent.store.records("lineage"), agent.store.records("receipt"))
+    assert rebuilt.umig.models() == agent.view.umig.models() and not rebuilt.waiting
+
+
+def test_not_affected_receipts_only_for_models_outside_the_request(agent: Agent) -> None:
+    ingest(agent, R.build_request(BOB, request_id="r1", forget_labels=[3]))
+    ingest(agent, receipt(ALICE, "g", new="g-v2"))
+    assert ingest(agent, lineage(MALLORY, "c", [7], ("g",), parent_versions={"g": 2})) == "accepted"
+    spared = R.build_receipt(MALLORY, request_id="r1", model_id="c", old_digest=d("c-v1"), new_digest=d("c-v1"),
+                             state=R.NOT_AFFECTED, reason="derived from g v2, a version that had applied it")
+    false_claim = R.build_receipt(BOB, request_id="r1", model_id="a", old_digest=d("a-v1"), new_digest=d("a-v1"),
+                                  state=R.NOT_AFFECTED, reason="not me")
+    assert ingest(agent, false_claim) == "contradicts_lineage"       # a derives from g v1: affected
+    assert ingest(agent, spared) == "accepted"
+    assert not agent.store.has_record(false_claim.record_id)
+    assert agent.store.counters()["rejected_contradicts_lineage"] == 1
+    assert agent.view.version_of("c", d("c-v1")) == 1 and len(agent.view.versions["c"]) == 1  # no new version
+    _, progress, done = agent.request_progress("r1")
+    by = {p.model_id: p for p in progress}
+    assert (by["c"].state, by["c"].reason, by["c"].discovery_ancestors) == \
+        ("not_affected", "derived from g v2, a version that had applied it", [])
+    assert (by["g"].state, by["a"].state, done) == ("applied", "pending", False)
+    assert ingest(agent, receipt(BOB, "a", new="a-v2")) == "accepted"
+    assert agent.request_progress("r1")[2]                             # done: every model answered
+
+
+def test_a_record_from_before_issue_18_reads_as_derived_from_version_1(agent: Agent) -> None:
+    """Old peers filled every parent reference with the parent's first version, whatever the child
+    was really derived from. The migration rule: read it as written. Such a child inherits every
+    request its parent applied (what those peers did); an owner who derived from a later version
+    publishes the model again under a new id, naming that version."""
+    ingest(agent, R.build_request(BOB, request_id="r1", forget_labels=[3]))
+    ingest(agent, receipt(ALICE, "g", new="g-v2"))                        # g applied r1 before...
+    old = lineage(MALLORY, "old", [7], ("g",))                           # ...old was published from it
+    assert old.predicate["parents"][0]["digest"] == d("g-v1") and ingest(agent, old) == "accepted"
+    g = agent.view.umig
+    assert g.parent_version("g", "old") == 1 and g.discovery_ancestors("old", [3], "r1") == ["g"]

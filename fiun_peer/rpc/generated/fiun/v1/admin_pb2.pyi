@@ -42,12 +42,16 @@ class StatusReply(_message.Message):
     def __init__(self, name: _Optional[str] = ..., peer_id: _Optional[str] = ..., public_key: _Optional[str] = ..., grpc_address: _Optional[str] = ..., p2p_addresses: _Optional[_Iterable[str]] = ..., connected_peers: _Optional[int] = ..., records: _Optional[int] = ..., models: _Optional[_Iterable[str]] = ..., counters: _Optional[_Mapping[str, int]] = ..., admin_address: _Optional[str] = ...) -> None: ...
 
 class Parent(_message.Message):
-    __slots__ = ("model_id", "relation")
+    __slots__ = ("model_id", "relation", "digest", "version")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     RELATION_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     relation: str
-    def __init__(self, model_id: _Optional[str] = ..., relation: _Optional[str] = ...) -> None: ...
+    digest: str
+    version: int
+    def __init__(self, model_id: _Optional[str] = ..., relation: _Optional[str] = ..., digest: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class PublishModelRequest(_message.Message):
     __slots__ = ("model_id", "weights", "data", "parents", "labels", "architecture_json", "head_tensors")
@@ -68,14 +72,16 @@ class PublishModelRequest(_message.Message):
     def __init__(self, model_id: _Optional[str] = ..., weights: _Optional[bytes] = ..., data: _Optional[bytes] = ..., parents: _Optional[_Iterable[_Union[Parent, _Mapping]]] = ..., labels: _Optional[_Iterable[int]] = ..., architecture_json: _Optional[str] = ..., head_tensors: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PublishModelReply(_message.Message):
-    __slots__ = ("model_id", "model_digest", "record_id")
+    __slots__ = ("model_id", "model_digest", "record_id", "parents")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_DIGEST_FIELD_NUMBER: _ClassVar[int]
     RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    PARENTS_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     model_digest: str
     record_id: str
-    def __init__(self, model_id: _Optional[str] = ..., model_digest: _Optional[str] = ..., record_id: _Optional[str] = ...) -> None: ...
+    parents: _containers.RepeatedCompositeFieldContainer[Parent]
+    def __init__(self, model_id: _Optional[str] = ..., model_digest: _Optional[str] = ..., record_id: _Optional[str] = ..., parents: _Optional[_Iterable[_Union[Parent, _Mapping]]] = ...) -> None: ...
 
 class ExportModelRequest(_message.Message):
     __slots__ = ("model_id", "model_digest", "version")
@@ -170,7 +176,7 @@ class GetRequestReply(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., forget_labels: _Optional[_Iterable[int]] = ..., models: _Optional[_Iterable[_Union[ModelProgress, _Mapping]]] = ..., done: _Optional[bool] = ..., settings_json: _Optional[str] = ...) -> None: ...
 
 class ModelProgress(_message.Message):
-    __slots__ = ("model_id", "discovery", "state", "why_pending", "old_digest", "new_digest", "received_at", "applied_at", "discovery_ancestors")
+    __slots__ = ("model_id", "discovery", "state", "why_pending", "old_digest", "new_digest", "received_at", "applied_at", "discovery_ancestors", "reason")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     DISCOVERY_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -180,6 +186,7 @@ class ModelProgress(_message.Message):
     RECEIVED_AT_FIELD_NUMBER: _ClassVar[int]
     APPLIED_AT_FIELD_NUMBER: _ClassVar[int]
     DISCOVERY_ANCESTORS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     discovery: bool
     state: str
@@ -189,7 +196,8 @@ class ModelProgress(_message.Message):
     received_at: float
     applied_at: float
     discovery_ancestors: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model_id: _Optional[str] = ..., discovery: _Optional[bool] = ..., state: _Optional[str] = ..., why_pending: _Optional[str] = ..., old_digest: _Optional[str] = ..., new_digest: _Optional[str] = ..., received_at: _Optional[float] = ..., applied_at: _Optional[float] = ..., discovery_ancestors: _Optional[_Iterable[str]] = ...) -> None: ...
+    reason: str
+    def __init__(self, model_id: _Optional[str] = ..., discovery: _Optional[bool] = ..., state: _Optional[str] = ..., why_pending: _Optional[str] = ..., old_digest: _Optional[str] = ..., new_digest: _Optional[str] = ..., received_at: _Optional[float] = ..., applied_at: _Optional[float] = ..., discovery_ancestors: _Optional[_Iterable[str]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ListReceiptsRequest(_message.Message):
     __slots__ = ("request_id",)
@@ -204,17 +212,21 @@ class ListReceiptsReply(_message.Message):
     def __init__(self, receipts: _Optional[_Iterable[_Union[Receipt, _Mapping]]] = ...) -> None: ...
 
 class Receipt(_message.Message):
-    __slots__ = ("request_id", "model_id", "old_digest", "new_digest", "signer", "record_id")
+    __slots__ = ("request_id", "model_id", "old_digest", "new_digest", "signer", "record_id", "state", "reason")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     OLD_DIGEST_FIELD_NUMBER: _ClassVar[int]
     NEW_DIGEST_FIELD_NUMBER: _ClassVar[int]
     SIGNER_FIELD_NUMBER: _ClassVar[int]
     RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model_id: str
     old_digest: str
     new_digest: str
     signer: str
     record_id: str
-    def __init__(self, request_id: _Optional[str] = ..., model_id: _Optional[str] = ..., old_digest: _Optional[str] = ..., new_digest: _Optional[str] = ..., signer: _Optional[str] = ..., record_id: _Optional[str] = ...) -> None: ...
+    state: str
+    reason: str
+    def __init__(self, request_id: _Optional[str] = ..., model_id: _Optional[str] = ..., old_digest: _Optional[str] = ..., new_digest: _Optional[str] = ..., signer: _Optional[str] = ..., record_id: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...

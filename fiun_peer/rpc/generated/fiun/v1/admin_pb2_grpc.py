@@ -95,16 +95,20 @@ class AdminServiceServicer:
         """PublishModel registers a model version owned by this peer: it stores the weights and the
         owner's data, computes the model Fisher on that data, signs a lineage record and gossips it.
         The weights and the data never leave this peer except through ExportModel (weights only); the
-        lineage record names the weights' digest but not the data's. INVALID_ARGUMENT, with nothing
-        stored and nothing signed, when the id is taken or malformed, a parent is named twice, the
-        architecture is not a zoo model or is
+        lineage record names the weights' digest but not the data's. Each parent is signed with the
+        parent version the model derived from (`Parent.digest` or `Parent.version`; neither: the
+        parent's current version as this peer knows it); the reply says which. A request that version
+        had already applied does not concern the model through that parent. INVALID_ARGUMENT, with
+        nothing stored and nothing signed, when the id is taken or malformed, a parent is named twice,
+        a parent's digest and version disagree, the architecture is not a zoo model or is
         over the size bounds (at most 262,144 input numbers and 262,144 numbers in any layer's output
         per sample, 67,108,864 parameters, 10,000 classes; checked before any tensor is allocated),
         the weights do not match it exactly (names, shapes, dtypes) or hold NaN or Inf, the data is
         not float32 inputs of `in_shape` with finite values and labels inside the head (at most
         1,000,000 samples), or the data holds labels outside `labels`. FAILED_PRECONDITION, with
-        nothing stored, when a parent is unknown to this peer (its lineage has not arrived yet): the
-        same call may succeed once it has (`fiun-peer admin publish --wait-parents` retries).
+        nothing stored, when a parent, or the parent version named, is unknown to this peer (its
+        lineage record, or the receipt that made that version, has not arrived yet): the same call
+        may succeed once it has (`fiun-peer admin publish --wait-parents` retries).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -149,7 +153,8 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListReceipts(self, request, context):
-        """ListReceipts returns the signed receipts (old digest -> new digest) this peer has seen.
+        """ListReceipts returns the signed receipts this peer has seen: applied (old digest -> new digest)
+        and not_affected (with the reason).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -44,16 +44,20 @@ class AdminServiceStub:
     """PublishModel registers a model version owned by this peer: it stores the weights and the
     owner's data, computes the model Fisher on that data, signs a lineage record and gossips it.
     The weights and the data never leave this peer except through ExportModel (weights only); the
-    lineage record names the weights' digest but not the data's. INVALID_ARGUMENT, with nothing
-    stored and nothing signed, when the id is taken or malformed, a parent is named twice, the
-    architecture is not a zoo model or is
+    lineage record names the weights' digest but not the data's. Each parent is signed with the
+    parent version the model derived from (`Parent.digest` or `Parent.version`; neither: the
+    parent's current version as this peer knows it); the reply says which. A request that version
+    had already applied does not concern the model through that parent. INVALID_ARGUMENT, with
+    nothing stored and nothing signed, when the id is taken or malformed, a parent is named twice,
+    a parent's digest and version disagree, the architecture is not a zoo model or is
     over the size bounds (at most 262,144 input numbers and 262,144 numbers in any layer's output
     per sample, 67,108,864 parameters, 10,000 classes; checked before any tensor is allocated),
     the weights do not match it exactly (names, shapes, dtypes) or hold NaN or Inf, the data is
     not float32 inputs of `in_shape` with finite values and labels inside the head (at most
     1,000,000 samples), or the data holds labels outside `labels`. FAILED_PRECONDITION, with
-    nothing stored, when a parent is unknown to this peer (its lineage has not arrived yet): the
-    same call may succeed once it has (`fiun-peer admin publish --wait-parents` retries).
+    nothing stored, when a parent, or the parent version named, is unknown to this peer (its
+    lineage record, or the receipt that made that version, has not arrived yet): the same call
+    may succeed once it has (`fiun-peer admin publish --wait-parents` retries).
     """
     ExportModel: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ExportModelRequest, _admin_pb2.ExportModelReply]
     """ExportModel returns the weights of a version of a model this peer owns: the current version,
@@ -77,7 +81,9 @@ class AdminServiceStub:
     request id this peer has not seen.
     """
     ListReceipts: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListReceiptsRequest, _admin_pb2.ListReceiptsReply]
-    """ListReceipts returns the signed receipts (old digest -> new digest) this peer has seen."""
+    """ListReceipts returns the signed receipts this peer has seen: applied (old digest -> new digest)
+    and not_affected (with the reason).
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -95,16 +101,20 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """PublishModel registers a model version owned by this peer: it stores the weights and the
     owner's data, computes the model Fisher on that data, signs a lineage record and gossips it.
     The weights and the data never leave this peer except through ExportModel (weights only); the
-    lineage record names the weights' digest but not the data's. INVALID_ARGUMENT, with nothing
-    stored and nothing signed, when the id is taken or malformed, a parent is named twice, the
-    architecture is not a zoo model or is
+    lineage record names the weights' digest but not the data's. Each parent is signed with the
+    parent version the model derived from (`Parent.digest` or `Parent.version`; neither: the
+    parent's current version as this peer knows it); the reply says which. A request that version
+    had already applied does not concern the model through that parent. INVALID_ARGUMENT, with
+    nothing stored and nothing signed, when the id is taken or malformed, a parent is named twice,
+    a parent's digest and version disagree, the architecture is not a zoo model or is
     over the size bounds (at most 262,144 input numbers and 262,144 numbers in any layer's output
     per sample, 67,108,864 parameters, 10,000 classes; checked before any tensor is allocated),
     the weights do not match it exactly (names, shapes, dtypes) or hold NaN or Inf, the data is
     not float32 inputs of `in_shape` with finite values and labels inside the head (at most
     1,000,000 samples), or the data holds labels outside `labels`. FAILED_PRECONDITION, with
-    nothing stored, when a parent is unknown to this peer (its lineage has not arrived yet): the
-    same call may succeed once it has (`fiun-peer admin publish --wait-parents` retries).
+    nothing stored, when a parent, or the parent version named, is unknown to this peer (its
+    lineage record, or the receipt that made that version, has not arrived yet): the same call
+    may succeed once it has (`fiun-peer admin publish --wait-parents` retries).
     """
     ExportModel: _aio.UnaryUnaryMultiCallable[_admin_pb2.ExportModelRequest, _admin_pb2.ExportModelReply]  # type: ignore[assignment]
     """ExportModel returns the weights of a version of a model this peer owns: the current version,
@@ -128,7 +138,9 @@ class AdminServiceAsyncStub(AdminServiceStub):
     request id this peer has not seen.
     """
     ListReceipts: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListReceiptsRequest, _admin_pb2.ListReceiptsReply]  # type: ignore[assignment]
-    """ListReceipts returns the signed receipts (old digest -> new digest) this peer has seen."""
+    """ListReceipts returns the signed receipts this peer has seen: applied (old digest -> new digest)
+    and not_affected (with the reason).
+    """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """AdminService is the local control surface of a fiun-peer daemon. Every call needs a credential:
@@ -155,16 +167,20 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         """PublishModel registers a model version owned by this peer: it stores the weights and the
         owner's data, computes the model Fisher on that data, signs a lineage record and gossips it.
         The weights and the data never leave this peer except through ExportModel (weights only); the
-        lineage record names the weights' digest but not the data's. INVALID_ARGUMENT, with nothing
-        stored and nothing signed, when the id is taken or malformed, a parent is named twice, the
-        architecture is not a zoo model or is
+        lineage record names the weights' digest but not the data's. Each parent is signed with the
+        parent version the model derived from (`Parent.digest` or `Parent.version`; neither: the
+        parent's current version as this peer knows it); the reply says which. A request that version
+        had already applied does not concern the model through that parent. INVALID_ARGUMENT, with
+        nothing stored and nothing signed, when the id is taken or malformed, a parent is named twice,
+        a parent's digest and version disagree, the architecture is not a zoo model or is
         over the size bounds (at most 262,144 input numbers and 262,144 numbers in any layer's output
         per sample, 67,108,864 parameters, 10,000 classes; checked before any tensor is allocated),
         the weights do not match it exactly (names, shapes, dtypes) or hold NaN or Inf, the data is
         not float32 inputs of `in_shape` with finite values and labels inside the head (at most
         1,000,000 samples), or the data holds labels outside `labels`. FAILED_PRECONDITION, with
-        nothing stored, when a parent is unknown to this peer (its lineage has not arrived yet): the
-        same call may succeed once it has (`fiun-peer admin publish --wait-parents` retries).
+        nothing stored, when a parent, or the parent version named, is unknown to this peer (its
+        lineage record, or the receipt that made that version, has not arrived yet): the same call
+        may succeed once it has (`fiun-peer admin publish --wait-parents` retries).
         """
 
     @_abc_1.abstractmethod
@@ -218,6 +234,8 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.ListReceiptsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ListReceiptsReply, _abc.Awaitable[_admin_pb2.ListReceiptsReply]]:
-        """ListReceipts returns the signed receipts (old digest -> new digest) this peer has seen."""
+        """ListReceipts returns the signed receipts this peer has seen: applied (old digest -> new digest)
+        and not_affected (with the reason).
+        """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
