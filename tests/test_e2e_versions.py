@@ -156,7 +156,7 @@ def test_children_are_judged_by_the_parent_version_they_derive_from(stage, tmp_p
 
 
 def _cli(peer: Peer, *args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "fiun_peer.cli", "admin", "--target", peer.grpc, "--home",
+    done = subprocess.run([sys.executable, "-m", "fiun_peer.cli", "admin", "--target", peer.admin_address, "--home",
                            str(peer.home), *args], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return done.stdout
