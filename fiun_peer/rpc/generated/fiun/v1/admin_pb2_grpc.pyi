@@ -41,22 +41,31 @@ class AdminServiceStub:
     Status: _grpc.UnaryUnaryMultiCallable[_admin_pb2.StatusRequest, _admin_pb2.StatusReply]
     """Status reports who this peer is, how it is connected and what it holds."""
     PublishModel: _grpc.UnaryUnaryMultiCallable[_admin_pb2.PublishModelRequest, _admin_pb2.PublishModelReply]
-    """PublishModel registers a model version owned by this peer: it stores the weights and the
-    owner's data, computes the model Fisher on that data, signs a lineage record and gossips it.
-    The weights and the data never leave this peer except through ExportModel (weights only); the
-    lineage record names the weights' digest but not the data's. INVALID_ARGUMENT, with nothing
-    stored and nothing signed, when the id is taken or malformed, a parent is unknown to this peer
-    (its lineage has not arrived yet) or named twice, the architecture is not a zoo model or is
-    over the size bounds (at most 262,144 input numbers and 262,144 numbers in any layer's output
-    per sample, 67,108,864 parameters, 10,000 classes; checked before any tensor is allocated),
-    the weights do not match it exactly (names, shapes, dtypes) or hold NaN or Inf, the data is
-    not float32 inputs of `in_shape` with finite values and labels inside the head (at most
-    1,000,000 samples), or the data holds labels outside `labels`.
+    """PublishModel registers a model version owned by this peer: it stores the model artifact and
+    the owner's data, computes the model Fisher on that data, signs a lineage record and gossips
+    it. The artifact and the data never leave this peer except through ExportModel (the artifact
+    only); the lineage record names the artifact's digest but not the data's. A model comes in one
+    of four formats (`format`): zoo, torch-export, torchvision or hf; each is loaded without
+    running code from the artifact. INVALID_ARGUMENT, with nothing stored and nothing signed,
+    when the id is taken or malformed, a parent is unknown to this peer (its lineage has not
+    arrived yet) or named twice, the format is unknown, the artifact needs code execution (a
+    pickle, remote code, a .pt2 with anything but plain tensors and ATen operators), the head is
+    missing, not a Linear layer or not the layer that produces the logits, the weights do not
+    match the architecture exactly (names, shapes, dtypes) or hold NaN or Inf, the data does not
+    fit the model (shape, dtype, token ids, finite values, labels inside the head; at most
+    1,000,000 samples), the data holds labels outside `labels`, or the model is over the size
+    bounds. Zoo models: at most 262,144 input numbers and 262,144 numbers in any layer's output
+    per sample, 67,108,864 parameters, 10,000 classes, checked before any tensor is allocated.
+    Other formats: artifacts up to 384 MiB and 134,217,728 parameters (counted before the model
+    is built for real where the format allows), at most 1,048,576 input numbers (or 8,192 tokens)
+    and 16,777,216 numbers in any layer's output per sample.
     """
     ExportModel: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ExportModelRequest, _admin_pb2.ExportModelReply]
-    """ExportModel returns the weights of a version of a model this peer owns: the current version,
+    """ExportModel returns the artifact of a version of a model this peer owns: the current version,
     or the one named by `model_digest` or `version`. This is how an owner gets the new versions
-    unlearning makes; peers cannot fetch weights (FisherService serves Fishers only). NOT_FOUND
+    unlearning makes (a new version is stored as its new head only, and the whole artifact is
+    rebuilt here and checked against its digest); peers cannot fetch weights (FisherService
+    serves Fishers only). NOT_FOUND
     when this peer does not own the model or the model has no such version; INVALID_ARGUMENT for
     a malformed id or digest, or both a digest and a version.
     """
@@ -89,22 +98,31 @@ class AdminServiceAsyncStub(AdminServiceStub):
     Status: _aio.UnaryUnaryMultiCallable[_admin_pb2.StatusRequest, _admin_pb2.StatusReply]  # type: ignore[assignment]
     """Status reports who this peer is, how it is connected and what it holds."""
     PublishModel: _aio.UnaryUnaryMultiCallable[_admin_pb2.PublishModelRequest, _admin_pb2.PublishModelReply]  # type: ignore[assignment]
-    """PublishModel registers a model version owned by this peer: it stores the weights and the
-    owner's data, computes the model Fisher on that data, signs a lineage record and gossips it.
-    The weights and the data never leave this peer except through ExportModel (weights only); the
-    lineage record names the weights' digest but not the data's. INVALID_ARGUMENT, with nothing
-    stored and nothing signed, when the id is taken or malformed, a parent is unknown to this peer
-    (its lineage has not arrived yet) or named twice, the architecture is not a zoo model or is
-    over the size bounds (at most 262,144 input numbers and 262,144 numbers in any layer's output
-    per sample, 67,108,864 parameters, 10,000 classes; checked before any tensor is allocated),
-    the weights do not match it exactly (names, shapes, dtypes) or hold NaN or Inf, the data is
-    not float32 inputs of `in_shape` with finite values and labels inside the head (at most
-    1,000,000 samples), or the data holds labels outside `labels`.
+    """PublishModel registers a model version owned by this peer: it stores the model artifact and
+    the owner's data, computes the model Fisher on that data, signs a lineage record and gossips
+    it. The artifact and the data never leave this peer except through ExportModel (the artifact
+    only); the lineage record names the artifact's digest but not the data's. A model comes in one
+    of four formats (`format`): zoo, torch-export, torchvision or hf; each is loaded without
+    running code from the artifact. INVALID_ARGUMENT, with nothing stored and nothing signed,
+    when the id is taken or malformed, a parent is unknown to this peer (its lineage has not
+    arrived yet) or named twice, the format is unknown, the artifact needs code execution (a
+    pickle, remote code, a .pt2 with anything but plain tensors and ATen operators), the head is
+    missing, not a Linear layer or not the layer that produces the logits, the weights do not
+    match the architecture exactly (names, shapes, dtypes) or hold NaN or Inf, the data does not
+    fit the model (shape, dtype, token ids, finite values, labels inside the head; at most
+    1,000,000 samples), the data holds labels outside `labels`, or the model is over the size
+    bounds. Zoo models: at most 262,144 input numbers and 262,144 numbers in any layer's output
+    per sample, 67,108,864 parameters, 10,000 classes, checked before any tensor is allocated.
+    Other formats: artifacts up to 384 MiB and 134,217,728 parameters (counted before the model
+    is built for real where the format allows), at most 1,048,576 input numbers (or 8,192 tokens)
+    and 16,777,216 numbers in any layer's output per sample.
     """
     ExportModel: _aio.UnaryUnaryMultiCallable[_admin_pb2.ExportModelRequest, _admin_pb2.ExportModelReply]  # type: ignore[assignment]
-    """ExportModel returns the weights of a version of a model this peer owns: the current version,
+    """ExportModel returns the artifact of a version of a model this peer owns: the current version,
     or the one named by `model_digest` or `version`. This is how an owner gets the new versions
-    unlearning makes; peers cannot fetch weights (FisherService serves Fishers only). NOT_FOUND
+    unlearning makes (a new version is stored as its new head only, and the whole artifact is
+    rebuilt here and checked against its digest); peers cannot fetch weights (FisherService
+    serves Fishers only). NOT_FOUND
     when this peer does not own the model or the model has no such version; INVALID_ARGUMENT for
     a malformed id or digest, or both a digest and a version.
     """
@@ -146,17 +164,24 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.PublishModelRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.PublishModelReply, _abc.Awaitable[_admin_pb2.PublishModelReply]]:
-        """PublishModel registers a model version owned by this peer: it stores the weights and the
-        owner's data, computes the model Fisher on that data, signs a lineage record and gossips it.
-        The weights and the data never leave this peer except through ExportModel (weights only); the
-        lineage record names the weights' digest but not the data's. INVALID_ARGUMENT, with nothing
-        stored and nothing signed, when the id is taken or malformed, a parent is unknown to this peer
-        (its lineage has not arrived yet) or named twice, the architecture is not a zoo model or is
-        over the size bounds (at most 262,144 input numbers and 262,144 numbers in any layer's output
-        per sample, 67,108,864 parameters, 10,000 classes; checked before any tensor is allocated),
-        the weights do not match it exactly (names, shapes, dtypes) or hold NaN or Inf, the data is
-        not float32 inputs of `in_shape` with finite values and labels inside the head (at most
-        1,000,000 samples), or the data holds labels outside `labels`.
+        """PublishModel registers a model version owned by this peer: it stores the model artifact and
+        the owner's data, computes the model Fisher on that data, signs a lineage record and gossips
+        it. The artifact and the data never leave this peer except through ExportModel (the artifact
+        only); the lineage record names the artifact's digest but not the data's. A model comes in one
+        of four formats (`format`): zoo, torch-export, torchvision or hf; each is loaded without
+        running code from the artifact. INVALID_ARGUMENT, with nothing stored and nothing signed,
+        when the id is taken or malformed, a parent is unknown to this peer (its lineage has not
+        arrived yet) or named twice, the format is unknown, the artifact needs code execution (a
+        pickle, remote code, a .pt2 with anything but plain tensors and ATen operators), the head is
+        missing, not a Linear layer or not the layer that produces the logits, the weights do not
+        match the architecture exactly (names, shapes, dtypes) or hold NaN or Inf, the data does not
+        fit the model (shape, dtype, token ids, finite values, labels inside the head; at most
+        1,000,000 samples), the data holds labels outside `labels`, or the model is over the size
+        bounds. Zoo models: at most 262,144 input numbers and 262,144 numbers in any layer's output
+        per sample, 67,108,864 parameters, 10,000 classes, checked before any tensor is allocated.
+        Other formats: artifacts up to 384 MiB and 134,217,728 parameters (counted before the model
+        is built for real where the format allows), at most 1,048,576 input numbers (or 8,192 tokens)
+        and 16,777,216 numbers in any layer's output per sample.
         """
 
     @_abc_1.abstractmethod
@@ -165,9 +190,11 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.ExportModelRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ExportModelReply, _abc.Awaitable[_admin_pb2.ExportModelReply]]:
-        """ExportModel returns the weights of a version of a model this peer owns: the current version,
+        """ExportModel returns the artifact of a version of a model this peer owns: the current version,
         or the one named by `model_digest` or `version`. This is how an owner gets the new versions
-        unlearning makes; peers cannot fetch weights (FisherService serves Fishers only). NOT_FOUND
+        unlearning makes (a new version is stored as its new head only, and the whole artifact is
+        rebuilt here and checked against its digest); peers cannot fetch weights (FisherService
+        serves Fishers only). NOT_FOUND
         when this peer does not own the model or the model has no such version; INVALID_ARGUMENT for
         a malformed id or digest, or both a digest and a version.
         """
