@@ -18,9 +18,12 @@ from torch import nn
 from fiun_peer.core.fiun import FIUnSettings, label_mask
 from fiun_peer.core.umig import UMIG
 from fiun_peer.data import Dataset, load_dataset
-from fiun_peer.unlearn import apply_fiun, node_model_fisher, node_unlearning_fisher
+from fiun_peer.formats import Classifier, Publication
+from fiun_peer.formats.base import Inputs
+from fiun_peer.unlearn import apply_fiun_head, as_classifier, node_model_fisher, node_unlearning_fisher
 
 from . import baselines as bl
+from . import byom
 from .metrics import accuracy, mia_score, split_by_labels
 from .topology import NodeSpec, assign_data, builtin, from_json, random_lineage, to_umig
 from .training import TrainConfig, node_seed, own_data, train_graph
@@ -59,12 +62,25 @@ class Stage:
     models: dict[str, nn.Module]
     train_seconds: dict[str, float]
     train_cfg: TrainConfig
+    # Models other than the zoo: node -> (what its owner's peer makes of it at publication, its artifact).
+    published: dict[str, tuple[Publication, dict]] = field(default_factory=dict)
+
+    def publication(self, node: str) -> tuple[Publication, dict]:
+        """The node's model as its peer sees it after PublishModel (fiun_peer.formats.prepare), and the
+        PublishModelRequest fields (artifact, data, format, architecture) that the peer gets."""
+        if node not in self.published:
+            spec = next(s for s in self.nodes if s.id == node)
+            x, y = own_data(self.ds, self.data_idx[node])
+            self.published[node] = byom.publication(self.train_cfg.model, self.models[node], x, y, spec.labels)
+        return self.published[node]
 
 
 def prepare(cfg: SimConfig, progress: Callable[[str], None] | None = None) -> Stage:
     """Load data, build the topology, assign own data and train every model."""
     torch.set_num_threads(cfg.threads)  # fixed thread count: reductions, hence bits, are reproducible
     ds = load_dataset(cfg.dataset, seed=cfg.seed, data_dir=cfg.data_dir)
+    if byom.is_byom(cfg.model):
+        byom.check_dataset(cfg.model, cfg.dataset, ds.input_shape)
     bad = [c for c in cfg.forget if not 0 <= c < ds.num_classes]
     if bad:
         raise ValueError(f"forget labels {bad} are not classes of {cfg.dataset} (0..{ds.num_classes - 1})")
@@ -93,33 +109,49 @@ def lineage_data(stage: Stage, node: str) -> list[int]:
 def run_fiun(stage: Stage, forget: tuple[int, ...], settings: FIUnSettings) -> dict:
     """Algorithm 1 over the whole graph. Model Fishers (Eq. 4) are computed first, as at publish
     time, and excluded from the unlearning time, as in the paper (section 4.4.2)."""
-    g, ds = stage.umig, stage.ds
+    g = stage.umig
     sub = g.unlearning_subgraph(forget)
     if not sub:
         raise ValueError(f"no model's own data holds labels {list(forget)}: nothing to unlearn")
-    model_fishers = {n: node_model_fisher(stage.models[n], *own_data(ds, stage.data_idx[n]), settings)
-                     for n in sub}
+    model_fishers = {n: node_model_fisher(*fiun_inputs(stage, n), settings) for n in sub}
     fhat, fhat_s = {}, {}
     for d in g.discovery_nodes(forget):                       # Algorithm 1, lines 4-6
+        model, x, y = fiun_inputs(stage, d)
         t0 = time.perf_counter()
-        fhat[d] = node_unlearning_fisher(stage.models[d], *own_data(ds, stage.data_idx[d]), forget, settings)
+        fhat[d] = node_unlearning_fisher(model, x, y, forget, settings)
         fhat_s[d] = time.perf_counter() - t0
     states, upd_s = {}, {}
     for n in sub:                                             # lines 7-11
+        model = fiun_inputs(stage, n)[0]
         t0 = time.perf_counter()
-        states[n] = apply_fiun(stage.models[n], model_fishers[n],
-                               [fhat[d] for d in g.discovery_ancestors(n, forget)], settings,
-                               forget_labels=forget)
-        upd_s[n] = time.perf_counter() - t0
-    models = {}
-    for n, st in states.items():
-        m = _fresh_model(stage)
-        m.load_state_dict(st)
-        models[n] = m.eval()
+        head = apply_fiun_head(model, model_fishers[n], [fhat[d] for d in g.discovery_ancestors(n, forget)],
+                               settings, forget_labels=forget)
+        upd_s[n] = time.perf_counter() - t0   # the new head is the update; the full state is for evaluation
+        states[n] = {**{k: v.clone() for k, v in as_classifier(model).state_dict().items()}, **head}
+    models = {n: model_from_state(stage, n, st) for n, st in states.items()}
     cumulative = {n: max(fhat_s[d] for d in g.discovery_ancestors(n, forget)) + upd_s[n] for n in sub}
     return {"subgraph": sub, "models": models, "states": states, "model_fishers": model_fishers,
             "unlearning_fishers": fhat, "seconds": sum(fhat_s.values()) + sum(upd_s.values()),
             "cumulative": cumulative}
+
+
+def fiun_inputs(stage: Stage, node: str) -> tuple[nn.Module | Classifier, Inputs, torch.Tensor]:
+    """(model, own inputs, own labels) as FIUn sees them: the trained zoo model and its data, or, for
+    another format, what the node's peer makes of its artifact and data file at publication."""
+    if not byom.is_byom(stage.train_cfg.model):
+        return (stage.models[node], *own_data(stage.ds, stage.data_idx[node]))
+    pub, _ = stage.publication(node)
+    return pub.classifier, pub.inputs, pub.y
+
+
+def model_from_state(stage: Stage, node: str, state: dict[str, torch.Tensor]) -> nn.Module:
+    """An evaluable model (stage samples -> logits) of ``node`` with the weights (or head) ``state``."""
+    if not byom.is_byom(stage.train_cfg.model):
+        m = _fresh_model(stage)
+        m.load_state_dict(state)
+        return m.eval()
+    pub, fields = stage.publication(node)
+    return byom.with_head(pub.spec, fields["weights"], state, stage.train_cfg.model)
 
 
 def _fresh_model(stage: Stage) -> nn.Module:

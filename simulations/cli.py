@@ -12,7 +12,15 @@ from fiun_peer.core.fiun import NORMALIZATIONS, ROWS, FIUnSettings
 from fiun_peer.data import DATASETS
 from fiun_peer.models import MODELS
 
+from .byom import EXAMPLES, check_name, default_dataset
 from .topology import FRAMEWORKS
+
+
+def _model_name(text: str) -> str:
+    try:
+        return check_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_labels(text: str) -> tuple[int, ...]:
@@ -38,9 +46,14 @@ def add_experiment_args(p: argparse.ArgumentParser) -> None:
                            "by every relation, multi-root and imbalanced paths, depth up to 8")
     p.add_argument("--nodes", type=int, metavar="N",
                    help="with --random-lineage: the number of models, 6-16 (default: drawn from the seed)")
-    p.add_argument("--dataset", choices=DATASETS, default="digits", help="default digits (real, offline)")
+    p.add_argument("--dataset", choices=DATASETS, default=None,
+                   help="default digits (real, offline) for the zoo models; digits32 (3x32x32 colour digits) for "
+                        "torchvision models, tokens (a generated text task) for hf-bert-tiny")
     p.add_argument("--data-dir", help="folder with cifar-100-python/ files for --dataset cifar100")
-    p.add_argument("--model", choices=MODELS, default="mlp")
+    p.add_argument("--model", type=_model_name, default="mlp", metavar="MODEL",
+                   help=f"a zoo model ({', '.join(MODELS)}; default mlp) or a model in its own format, published "
+                        f"as its owner would: {', '.join(EXAMPLES)} (torchvision:NAME takes any torchvision "
+                        "classification model)")
     p.add_argument("--forget", type=parse_labels, default=(2,), metavar="LABELS",
                    help="labels to unlearn, comma-separated, e.g. 2,9 (default 2)")
     p.add_argument("--estimator", choices=ESTIMATORS, default=d.estimator,
@@ -83,7 +96,7 @@ def config_from_args(a: argparse.Namespace):
         raise ValueError("--nodes needs --random-lineage")
     custom = a.topology is not None or a.random_lineage is not None
     return SimConfig(framework=None if custom else a.framework, topology_file=a.topology,
-                     random_lineage=a.random_lineage, lineage_nodes=a.nodes, dataset=a.dataset, data_dir=a.data_dir, model=a.model, forget=a.forget, seed=a.seed,
+                     random_lineage=a.random_lineage, lineage_nodes=a.nodes, dataset=a.dataset or default_dataset(a.model), data_dir=a.data_dir, model=a.model, forget=a.forget, seed=a.seed,
                      settings=settings_from_args(a), baselines=not a.no_baselines)
 
 

@@ -14,8 +14,8 @@ from torch import Tensor, nn
 from fiun_peer.core.fisher import find_head
 from fiun_peer.core.fiun import label_mask
 from fiun_peer.data import Dataset
-from fiun_peer.models import build_model
 
+from .byom import build
 from .topology import NodeSpec
 
 
@@ -80,7 +80,7 @@ def train_node(spec: NodeSpec, parents: list[nn.Module], x: Tensor, y: Tensor, d
     """Build one node's model from its parents by its relation, then train it on its own data."""
     s = node_seed(seed, spec.id)
     # Every root starts from one shared initialisation, as an FL server broadcasts its initial model.
-    model = build_model(cfg.model, ds.input_shape, ds.num_classes, seed=node_seed(seed, "<init>"))
+    model = build(cfg.model, ds.input_shape, ds.num_classes, seed=node_seed(seed, "<init>"))
     rel = spec.relation
     if parents and rel != "distill":
         model.load_state_dict(fedavg([p.state_dict() for p in parents]))

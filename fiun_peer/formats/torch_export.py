@@ -198,10 +198,11 @@ def _user_inputs(ep: torch.export.ExportedProgram) -> tuple[list[str], dict[str,
     vals = {n.name: n.meta.get("val") for n in ep.graph.nodes if n.op == "placeholder" and n.name in names}
     if not names or any(not isinstance(v, Tensor) for v in vals.values()):
         raise FormatError("the program's inputs are not tensors")
-    batch = {v.shape[0] if v.ndim else None for v in vals.values()}
-    if len(batch) != 1 or None in batch:
+    # The batch dimension: symbolic (dynamic) or one fixed size; SymInts are compared by their text.
+    batch = {str(v.shape[0]) if v.ndim else "" for v in vals.values()}
+    if len(batch) != 1 or "" in batch:
         raise FormatError("the program's inputs must share their first (batch) dimension")
-    b = batch.pop()
+    b = next(iter(vals.values())).shape[0]
     return names, vals, b if isinstance(b, int) else None
 
 
