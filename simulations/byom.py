@@ -174,7 +174,7 @@ def artifact(name: str, model: nn.Module, example: Tensor) -> tuple[bytes, dict[
         return to_bytes(model.state_dict()), out
     if kind == "torch-export":
         batch = torch.export.Dim("batch")
-        ep = torch.export.export(model, (example[:4].contiguous(),), dynamic_shapes={"x": {0: batch}})
+        ep = torch.export.export(model, (example[:4].contiguous(),), dynamic_shapes=({0: batch},))
         buf = io.BytesIO()
         torch.export.save(ep, buf)
         return buf.getvalue(), None

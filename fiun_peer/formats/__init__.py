@@ -73,7 +73,10 @@ def prepare(format: str, artifact: bytes, architecture: Any, data: bytes, *, hea
         inputs, y = load_dataset_bytes(data)
     except TensorFileError as exc:
         raise PublishError(str(exc)) from None
-    classifier, public, spec = fmt.prepare(artifact, architecture, inputs, y, head=head, labels=list(labels))
+    try:
+        classifier, public, spec = fmt.prepare(artifact, architecture, inputs, y, head=head, labels=list(labels))
+    except TensorFileError as exc:   # e.g. weights that are not safetensors (a pickle is not read)
+        raise FormatError(str(exc)) from None
     classes = classifier.weight.shape[0]
     if num_samples(inputs) == 0:
         raise FormatError("data holds no samples; the model Fisher needs the owner's own data")

@@ -152,6 +152,10 @@ def check_archive(artifact: bytes) -> str:
     if not _ROOT.fullmatch(root) or any("/" not in i.filename for i in infos):
         raise _refuse("its entries must sit under one top-level folder")
     rel = {i.filename[len(root) + 1:] for i in infos}
+    pickles = sorted(e for e in rel if e.endswith((".pkl", ".pickle")))
+    if pickles:
+        raise _refuse(f"it holds a pickle ({pickles[0]}): a torch.save file or pickled objects; save the program "
+                      "with torch.export.save")
     models = [m.group(1) for m in map(_MODEL.fullmatch, rel) if m]
     if len(models) != 1:
         raise _refuse(f"it holds {len(models)} programs; one is expected")
