@@ -10,7 +10,8 @@ Model names (``fiun-sim --model``):
 - ``hf-bert-tiny`` -- a transformers BertForSequenceClassification, a tiny config (vocabulary 64,
   hidden 32, 2 layers) on the generated ``tokens`` task;
 - ``torch-export:bn-cnn`` -- a custom nn.Module with BatchNorm and a ``classifier`` head, published as
-  a ``torch.export`` program (``torch-export:mlp|cnn|resnet`` export the zoo's models the same way).
+  a ``torch.export`` program (``torch-export:mlp|cnn|resnet`` export the zoo's models the same way,
+  ``torch-export:NAME`` a torchvision classification model, e.g. ``torch-export:resnet18``).
 
 Training works on trainable ``nn.Module``s that map a batch tensor to logits (the HF models behind a
 thin wrapper; text samples are ``[input_ids, attention_mask]`` stacked in one int64 tensor). FIUn
@@ -37,6 +38,8 @@ EXAMPLES = ("torchvision:resnet18", "torchvision:mobilenet_v3_small", "hf-vit-ti
             "torch-export:bn-cnn")
 DEFAULT_DATASET = {"torchvision": "digits32", "hf-vit-tiny": "digits", "hf-bert-tiny": "tokens",
                    "torch-export": "digits"}
+#: torch-export models built from torchvision take its colour images.
+TORCH_EXPORT_OWN = ("bn-cnn", *MODELS)
 
 
 def is_byom(name: str) -> bool:
@@ -50,11 +53,11 @@ def check_name(name: str) -> str:
     kind, _, arch = name.partition(":")
     if kind == "torchvision" and arch:
         return name
-    if kind == "torch-export" and arch in ("bn-cnn", *MODELS):
+    if kind == "torch-export" and arch:
         return name
     raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}, or {', '.join(EXAMPLES)} "
                      "(torchvision:NAME takes any torchvision classification model, torch-export:mlp|cnn|resnet "
-                     "exports a zoo model)")
+                     "exports a zoo model, torch-export:NAME a torchvision one)")
 
 
 def format_of(name: str) -> str:
@@ -66,6 +69,9 @@ def format_of(name: str) -> str:
 def default_dataset(name: str) -> str:
     if name in MODELS:
         return "digits"
+    kind, _, arch = name.partition(":")
+    if kind == "torch-export" and arch not in TORCH_EXPORT_OWN:
+        return "digits32"
     return DEFAULT_DATASET.get(name) or DEFAULT_DATASET[name.partition(":")[0]]
 
 
@@ -74,7 +80,9 @@ def check_dataset(name: str, dataset: str, input_shape: tuple[int, ...]) -> None
     if (name == "hf-bert-tiny") != text:
         raise ValueError(f"--model {name} {'needs' if name == 'hf-bert-tiny' else 'cannot take'} text data "
                          f"(--dataset tokens); got --dataset {dataset}")
-    if name.startswith("torchvision:") and (len(input_shape) != 3 or input_shape[0] != 3):
+    kind, _, arch = name.partition(":")
+    tv = kind == "torchvision" or (kind == "torch-export" and arch not in TORCH_EXPORT_OWN)
+    if tv and (len(input_shape) != 3 or input_shape[0] != 3):
         raise ValueError(f"torchvision models take 3-channel images (--dataset digits32 or cifar100-shaped); "
                          f"{dataset} has samples of shape {list(input_shape)}")
 
@@ -136,15 +144,16 @@ def build(name: str, input_shape: tuple[int, ...], num_classes: int, *, seed: in
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        if kind == "torchvision":
+        if kind == "torch-export" and arch == "bn-cnn":
+            return BNNet(input_shape, num_classes)
+        if kind == "torch-export" and arch in MODELS:
+            return build_model(arch, input_shape, num_classes, seed=seed)
+        if kind in ("torchvision", "torch-export"):
             from fiun_peer.formats.tv_shim import import_torchvision
 
             tv = import_torchvision()
             extra = {"image_size": input_shape[-1]} if arch.startswith("vit_") else {}
             return tv.models.get_model(arch, num_classes=num_classes, **extra)
-        if kind == "torch-export":
-            return BNNet(input_shape, num_classes) if arch == "bn-cnn" else build_model(arch, input_shape, num_classes,
-                                                                                         seed=seed)
         t = _transformers()
         if name == "hf-vit-tiny":
             cfg = t.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
