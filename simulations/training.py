@@ -15,7 +15,7 @@ from fiun_peer.core.fisher import find_head
 from fiun_peer.core.fiun import label_mask
 from fiun_peer.data import Dataset
 
-from .byom import build
+from .byom import build, is_byom
 from .topology import NodeSpec
 
 
@@ -57,6 +57,8 @@ def fit(model: nn.Module, x: Tensor, y: Tensor, epochs: int, *, seed: int, cfg: 
         order = torch.randperm(x.shape[0], generator=gen)
         for start in range(0, x.shape[0], cfg.batch_size):
             idx = order[start:start + cfg.batch_size]
+            if idx.numel() == 1 and is_byom(cfg.model):
+                continue  # BatchNorm cannot train on one sample at 1x1 (ResNet-18's last maps); zoo runs unchanged
             logits = model(x[idx])
             loss = loss_fn(logits, y[idx], idx) if loss_fn else nn.functional.cross_entropy(logits, y[idx])
             opt.zero_grad()

@@ -130,7 +130,7 @@ class ModuleClassifier(Classifier):
                  to_bytes: Callable[[dict[str, Tensor]], bytes] | None = None, chunk: int = MAX_CHUNK) -> None:
         head = module.get_submodule(head_name)
         if not isinstance(head, nn.Linear):
-            raise FormatError(f"head {head_name!r} is a {type(head).__name__}, not a Linear layer")
+            raise FormatError(f"head {head_name!r} is not a Linear layer (it is {type(head).__name__})")
         self.module = module   # the formats put it in eval mode; head_features handles a training one
         self.head = head
         self.head_name = head_name
@@ -193,7 +193,7 @@ def probe_head(module: nn.Module, head_name: str, sample: Inputs,
     except AttributeError:
         raise FormatError(f"the model has no submodule named {head_name!r}") from None
     if not isinstance(head, nn.Linear):
-        raise FormatError(f"head {head_name!r} is a {type(head).__name__}, not a Linear layer: FIUn dampens a "
+        raise FormatError(f"head {head_name!r} is not a Linear layer (it is {type(head).__name__}): FIUn dampens a "
                           "Linear head (Eq. 6); name the final Linear layer with --head")
     outputs: list[Tensor] = []
     largest = [0]
