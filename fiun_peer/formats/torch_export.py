@@ -182,14 +182,17 @@ def _find_head(ep: torch.export.ExportedProgram, head: str) -> tuple[str, torch.
     return name, node
 
 
-def _largest_activation(ep: torch.export.ExportedProgram) -> int:
-    """Numbers in the largest tensor the program makes for one sample (its symbolic dims count as 1)."""
+def _largest_activation(ep: torch.export.ExportedProgram, batch: object) -> int:
+    """Numbers in the largest tensor the program computes for one sample: the outputs of its
+    operators whose first dimension is the batch (weights and buffers are not per sample)."""
     largest = 0
     for node in ep.graph.nodes:
+        if node.op != "call_function":
+            continue
         vals = node.meta.get("val")
         for v in vals if isinstance(vals, (tuple, list)) else [vals]:
-            if isinstance(v, Tensor):
-                largest = max(largest, math.prod(d if isinstance(d, int) else 1 for d in v.shape))
+            if isinstance(v, Tensor) and v.ndim and str(v.shape[0]) == str(batch):
+                largest = max(largest, math.prod(d if isinstance(d, int) else 1 for d in v.shape[1:]))
     return largest
 
 
@@ -237,7 +240,7 @@ def prepare(artifact: bytes, architecture: Any, inputs: Inputs, y: Tensor, *, he
     name, _ = _find_head(ep, head)
     names, vals, static = _user_inputs(ep)
     _check_data(inputs, names, vals, static)
-    largest = _largest_activation(ep)
+    largest = _largest_activation(ep, next(iter(vals.values())).shape[0])
     bounds.check_activation(largest, "the program")
     c = ExportClassifier(ep, name, names, static, chunk_for(largest))
     sample = inputs[:1] if isinstance(inputs, Tensor) else {k: v[:1] for k, v in inputs.items()}
