@@ -145,6 +145,7 @@ class Agent:
         # pass re-read the state of every request this peer ever saw (1,000 of them: 24 ms a pass).
         self._settled: set[tuple[str, str]] = set()
         self._publishing: set[str] = set()       # model ids whose PublishModel is still computing
+        self._models = versions.ModelCache()      # our models, loaded, by (id, version digest)
         # on_applied(apply seconds, seconds since the request was received): the metrics hook.
         self.on_applied: Callable[[float, float], None] | None = None
 
@@ -353,14 +354,18 @@ class Agent:
             self.store.put_state(f"model:{model_id}", {"digest": weights_digest, "version": 1,
                                                        "original": weights_digest, "data": data_digest})
             versions.remember(self.store, model_id, pub.spec)   # how to load it again (format, head)
+        self._models.put(model_id, weights_digest, model)
         await self.publish_record(rec)
         log.info("model published", extra={"event": "model_published", "model": model_id,
                                             "digest": weights_digest})
         return weights_digest, rec.record_id
 
-    def _load_version(self, lineage: Record, digest: str) -> Classifier:
-        """One of our own models at version ``digest``, in whatever format it was published."""
-        return versions.load_version(self.store, lineage.predicate["model_id"], lineage.predicate["architecture"], digest)
+    def _load_version(self, lineage: Record, digest: str, to_change: bool = False) -> Classifier:
+        """One of our own models at version ``digest``, in whatever format it was published (from the
+        cache of loaded models; ``to_change``: taken out of it, since the caller changes it)."""
+        m = lineage.predicate["model_id"]
+        load_it = functools.partial(versions.load_version, self.store, m, lineage.predicate["architecture"], digest)
+        return (self._models.take if to_change else self._models.get)(m, digest, load_it)
 
     def _data_digest(self, model_id: str) -> str:
         """Our own data for ``model_id``: local state, or (stores from before issue 14) the digest its
@@ -674,7 +679,7 @@ class Agent:
         # The current version, not st["base"]: a request applied since this one arrived must not be undone.
         base = self.store.get_state(f"model:{m}")["digest"]
         t0 = time.perf_counter()
-        model = await run_in_worker(self._load_version, lineage, base)
+        model = await run_in_worker(self._load_version, lineage, base, True)   # it gets the new head
         mf = await self._model_fisher(lineage, base, s)
         try:
             new_head = await run_in_worker(functools.partial(apply_fiun_head, forget_labels=cf), model, mf, fishers, s)
@@ -686,6 +691,7 @@ class Agent:
         new = await run_in_worker(versions.new_version, model, new_head)
         versions.record(self.store, m, new)
         new_digest = new.digest
+        self._models.put(m, new_digest, model)   # the next request starts from it
         faults.point("after_new_blob", f"{rid}:{m}")
         model_state = self.store.get_state(f"model:{m}")
         version = model_state["version"] + 1

@@ -77,14 +77,20 @@ def _build(arch: dict[str, Any], *, meta: bool = False) -> torch.nn.Module:
 
 
 def _load(artifact: bytes, arch: dict[str, Any]) -> torch.nn.Module:
-    params = count_parameters(_build(arch, meta=True))
+    """The model with the artifact's weights. Built on the meta device (no memory, no random
+    initialisation: for ResNet-18 that was most of a load) and given the loaded tensors themselves;
+    a model with a tensor the weights do not carry (a non-persistent buffer) is built for real."""
+    model = _build(arch, meta=True)
+    params = count_parameters(model)
     if params > bounds.MAX_MODEL_PARAMETERS:
         raise FormatError(f"{arch['name']} has {params:,} parameters, more than the {bounds.MAX_MODEL_PARAMETERS:,} "
                           "this peer accepts")
     state = from_bytes(artifact, what="weights")
-    model = _build(arch)
     check_state_matches(state, model.state_dict(), f"torchvision {arch['name']}")
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state, strict=True, assign=True)
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        model = _build(arch)
+        model.load_state_dict(state, strict=True)
     return model.eval()
 
 

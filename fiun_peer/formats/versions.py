@@ -17,7 +17,9 @@ described by their lineage record, stored whole.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,3 +106,54 @@ def blob_digests(store: Any, digest: str) -> list[str]:
     """The blobs a version is made of (for access checks): itself, or its artifact and head."""
     m = manifest(store, digest)
     return [digest] if m is None else [m["artifact"], m["head"]]
+
+
+#: Bytes of model tensors the owner's peer keeps loaded (least recently used first out).
+MODEL_CACHE_BYTES = 1 << 30
+
+
+class ModelCache:
+    """Loaded models of this peer, by (model id, version digest), least recently used evicted past
+    ``max_bytes`` of tensors. Loading a model (e.g. ResNet-18: parse 45 MB, build, fill) cost more
+    than the unlearning itself, and a discovery model used to be loaded twice per request (for
+    Eq. 3, then for Eqs. 5-6), every model once more per request: now the model built at
+    publication serves version 1, and the model a request just changed serves the next version.
+
+    A model that is about to change (Eqs. 5-6 put a new head into it) is taken out with
+    :meth:`take`, so no one reads it half-changed, and put back under its new digest."""
+
+    def __init__(self, max_bytes: int = MODEL_CACHE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._models: OrderedDict[tuple[str, str], tuple[Classifier, int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _size(c: Classifier) -> int:
+        return sum(t.numel() * t.element_size() for t in c.state_dict().values())
+
+    def put(self, model_id: str, digest: str, classifier: Classifier) -> None:
+        size = self._size(classifier)
+        with self._lock:
+            self._models.pop((model_id, digest), None)
+            if size > self.max_bytes:
+                return
+            self._models[(model_id, digest)] = (classifier, size)
+            while sum(n for _, n in self._models.values()) > self.max_bytes:
+                self._models.popitem(last=False)
+
+    def get(self, model_id: str, digest: str, load_it: Callable[[], Classifier]) -> Classifier:
+        """The model at ``digest`` (cached, or loaded with ``load_it`` and cached) for reading."""
+        with self._lock:
+            hit = self._models.get((model_id, digest))
+            if hit is not None:
+                self._models.move_to_end((model_id, digest))
+                return hit[0]
+        c = load_it()
+        self.put(model_id, digest, c)
+        return c
+
+    def take(self, model_id: str, digest: str, load_it: Callable[[], Classifier]) -> Classifier:
+        """The model at ``digest``, removed from the cache (its caller will change it)."""
+        with self._lock:
+            hit = self._models.pop((model_id, digest), None)
+        return hit[0] if hit is not None else load_it()
