@@ -30,7 +30,6 @@ from .formats import Classifier, versions
 from .formats import prepare as prepare_publication
 from .identity import Identity
 from .lineage import LineageView, add_version, build_view
-from .models import build_model
 from .policy import Refusal, RequesterPolicy, authorize, fisher_problem
 from .records import (
     Record,
@@ -48,7 +47,7 @@ from .records import (
 from .store import Store
 from .tensors import TensorFileError, from_bytes, load_dataset_bytes, to_bytes
 from .unlearn import apply_fiun_head, node_model_fisher, node_unlearning_fisher
-from .validate import PublishError, check_parents, check_weights
+from .validate import PublishError, check_parents
 
 log = logging.getLogger("fiun_peer.agent")
 #: Fisher pulls in flight at once for one model (an aggregate pulls one per discovery ancestor). On a
@@ -98,25 +97,6 @@ class Progress:
     received_at: float = 0.0
     applied_at: float = 0.0
     discovery_ancestors: list[str] = field(default_factory=list)
-
-
-def load_model(architecture: dict[str, Any], weights: bytes) -> torch.nn.Module:
-    """Instantiate a zoo model from its architecture spec and safetensors weights (strict)."""
-    try:
-        model = build_model(architecture["model"], tuple(architecture["in_shape"]),
-                            int(architecture["num_classes"]), seed=0)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise AgentError(f"architecture {architecture!r} is not a known model: {exc}") from exc
-    state = from_bytes(weights, what="weights")
-    try:
-        check_weights(state, model.state_dict())
-    except PublishError as exc:
-        raise AgentError(str(exc)) from None
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise AgentError(f"weights do not fit architecture {architecture.get('model')!r}: {exc}") from exc
-    return model.eval()
 
 
 class Agent:
