@@ -23,6 +23,21 @@ def _model_name(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def model_in_format(model: str, fmt: str) -> str:
+    """`fiun-sim export --model M --format F`: the model name that trains M and publishes it as F."""
+    base = model.split(":", 1)[1] if ":" in model else model
+    if fmt == "zoo" and model in MODELS:
+        return model
+    if fmt == "torch-export" and not model.startswith("hf-"):
+        return check_name(f"torch-export:{base}")
+    if fmt == "torchvision" and base not in MODELS and base != "bn-cnn" and not model.startswith("hf-"):
+        return check_name(f"torchvision:{base}")
+    if fmt == "hf" and model.startswith("hf-"):
+        return model
+    raise ValueError(f"--model {model} cannot be written as --format {fmt} (zoo: mlp, cnn, resnet; torchvision: a "
+                     "torchvision classification model; hf: hf-vit-tiny, hf-bert-tiny; torch-export: any but hf-*)")
+
+
 def parse_labels(text: str) -> tuple[int, ...]:
     try:
         labels = tuple(sorted({int(t) for t in text.split(",") if t.strip()}))
@@ -129,12 +144,18 @@ def build_parser() -> argparse.ArgumentParser:
                        "safetensors files, ready for `fiun-peer admin publish`")
     add_experiment_args(e)
     e.add_argument("--out", required=True, help="output folder (one sub-folder per model)")
+    e.add_argument("--format", choices=("zoo", "torch-export", "torchvision", "hf"), default=None,
+                   help="write the models in this format (default: --model's own); e.g. --model cnn --format "
+                        "torch-export writes .pt2 programs of the zoo's CNN, --model torchvision:resnet18 --format "
+                        "torch-export of torchvision's ResNet-18")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "export" and args.format:
+            args.model = model_in_format(args.model, args.format)
         cfg = config_from_args(args)
         if args.command == "centralized":
             from .centralized import run_centralized

@@ -359,3 +359,16 @@ def test_head_only_versions_rebuild_to_their_digest(tmp_path: Path, fmt: str, bn
         assert all(torch.equal(v3.head_state()[k], v) for k, v in heads[-1].items())
         head_bytes = store.blob_size(versions.manifest(store, digest)["head"])
         assert head_bytes < len(artifact) / 10
+
+
+def test_fiun_sim_export_format_names_the_model_to_train() -> None:
+    from simulations.cli import model_in_format
+
+    assert model_in_format("cnn", "torch-export") == "torch-export:cnn"
+    assert model_in_format("torchvision:resnet18", "torch-export") == "torch-export:resnet18"
+    assert model_in_format("torch-export:resnet18", "torchvision") == "torchvision:resnet18"
+    assert model_in_format("mlp", "zoo") == "mlp" and model_in_format("hf-vit-tiny", "hf") == "hf-vit-tiny"
+    for model, fmt in (("mlp", "torchvision"), ("hf-bert-tiny", "torch-export"), ("cnn", "hf"),
+                       ("torchvision:resnet18", "zoo")):
+        with pytest.raises(ValueError, match="cannot be written"):
+            model_in_format(model, fmt)
