@@ -12,8 +12,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet --upgrade "pip>=23"
 	# torch first, from the local CPU wheel, so nothing later pulls a CUDA build.
 	$(BIN)/pip install --quiet -c constraints.txt torch==2.13.0
-	# the daemon and the dev tools, plus the simulations' extra (fiun-sim, bench, most tests)
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,sim]'
+	# the daemon and the dev tools, the simulations' extra (fiun-sim, bench, most tests), and the model
+	# formats' extras (torchvision, transformers: tests publish such models)
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,sim,torchvision,hf]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -13,6 +13,7 @@ import grpc
 
 from .agent import Agent, AgentError, NotFound, NotReady, ParentRef
 from .bridge import BridgeClosed, TrioBridge
+from .formats import versions
 from .policy import blob_refusal
 from .records import RecordError, receipt_state, sha256_hex
 from .rpc.generated.fiun.v1 import admin_pb2, admin_pb2_grpc
@@ -72,7 +73,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         parents = [ParentRef(p.model_id, p.relation, p.digest, p.version) for p in request.parents]
         call = functools.partial(self._agent.publish_model, model_id=request.model_id, weights=request.weights,
                                  data=request.data, parents=parents, labels=list(request.labels), architecture=arch,
-                                 head_tensors=list(request.head_tensors))
+                                 head_tensors=list(request.head_tensors), format=request.format or "zoo",
+                                 head=request.head)
         digest, record_id, used = self._bridge.call(call)
         return admin_pb2.PublishModelReply(model_id=request.model_id, model_digest=digest, record_id=record_id,
                                            parents=[admin_pb2.Parent(**u) for u in used])
@@ -83,19 +85,24 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         call = functools.partial(self._agent.export_target, request.model_id, digest=request.model_digest,
                                  version=request.version)
         digest, version = self._bridge.call_sync(call)
+        arch = self._bridge.call_sync(lambda: self._agent.view.first[request.model_id].predicate["architecture"])
         store = self._agent.store
-        refusal = blob_refusal(store.blob_kinds(digest), "owner", announced=False)
-        if refusal:  # e.g. a store migrated from before blob kinds that could not name this blob
-            raise NotFound(f"version {version} of {request.model_id} ({digest[:12]}): {refusal}")
-        weights = store.get_blob(digest)  # read here, in the gRPC thread, not on the agent's loop
-        if weights is None:
-            raise NotFound(f"version {version} of {request.model_id} ({digest[:12]}) is missing from this peer's store")
+        for part in versions.blob_digests(store, digest):   # a head-only version: its artifact and head
+            refusal = blob_refusal(store.blob_kinds(part), "owner", announced=False)
+            if refusal:  # e.g. a store migrated from before blob kinds that could not name this blob
+                raise NotFound(f"version {version} of {request.model_id} ({digest[:12]}): {refusal}")
+        try:  # read (and for a head-only version rebuilt) here, in the gRPC thread, not on the agent's loop
+            weights = versions.read_artifact(store, request.model_id, arch, digest)
+        except versions.VersionError as exc:
+            raise NotFound(f"version {version} of {request.model_id}: {exc}") from None
         if sha256_hex(weights) != digest:  # not the caller's fault, and not to be handed out as if it were fine
             context.abort(grpc.StatusCode.DATA_LOSS, f"version {version} of {request.model_id} ({digest[:12]}) "
                                                      "is damaged in this peer's store")
+        spec = versions.spec_of(store, request.model_id, arch)
         self._count("models_exported")
         return admin_pb2.ExportModelReply(model_id=request.model_id, model_digest=digest, version=version,
-                                          weights=weights)
+                                          weights=weights, format=spec["format"],
+                                          architecture_json=json.dumps(spec.get("architecture") or {}, sort_keys=True))
 
     @_guard
     def ListLineage(self, request, context):

@@ -28,9 +28,10 @@ import trio
 from . import faults
 from .bridge import run_in_worker
 from .core.fiun import FIUnSettings, check_fisher
+from .formats import Classifier, versions
+from .formats import prepare as prepare_publication
 from .identity import Identity
 from .lineage import LineageView, add_receipt, add_version, build_view, parents_missing
-from .models import build_model
 from .policy import Refusal, RequesterPolicy, authorize, fisher_problem
 from .records import (
     APPLIED,
@@ -51,8 +52,8 @@ from .records import (
 )
 from .store import Store
 from .tensors import TensorFileError, from_bytes, load_dataset_bytes, to_bytes
-from .unlearn import apply_fiun, head_tensor_names, node_model_fisher, node_unlearning_fisher
-from .validate import PublishError, check_architecture, check_data, check_labels, check_parents, check_weights
+from .unlearn import apply_fiun_head, node_model_fisher, node_unlearning_fisher
+from .validate import PublishError, check_parents
 
 log = logging.getLogger("fiun_peer.agent")
 #: Fisher pulls in flight at once for one model (an aggregate pulls one per discovery ancestor). On a
@@ -123,25 +124,6 @@ class Progress:
     discovery_ancestors: list[str] = field(default_factory=list)
 
 
-def load_model(architecture: dict[str, Any], weights: bytes) -> torch.nn.Module:
-    """Instantiate a zoo model from its architecture spec and safetensors weights (strict)."""
-    try:
-        model = build_model(architecture["model"], tuple(architecture["in_shape"]),
-                            int(architecture["num_classes"]), seed=0)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise AgentError(f"architecture {architecture!r} is not a known model: {exc}") from exc
-    state = from_bytes(weights, what="weights")
-    try:
-        check_weights(state, model.state_dict())
-    except PublishError as exc:
-        raise AgentError(str(exc)) from None
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise AgentError(f"weights do not fit architecture {architecture.get('model')!r}: {exc}") from exc
-    return model.eval()
-
-
 class Agent:
     """Owns the store-backed state of one peer. Call its methods on the trio thread only."""
 
@@ -172,6 +154,7 @@ class Agent:
         # pass re-read the state of every request this peer ever saw (1,000 of them: 24 ms a pass).
         self._settled: set[tuple[str, str]] = set()
         self._publishing: set[str] = set()       # model ids whose PublishModel is still computing
+        self._models = versions.ModelCache()      # our models, loaded, by (id, version digest)
         # on_applied(apply seconds, seconds since the request was received): the metrics hook.
         self.on_applied: Callable[[float, float], None] | None = None
 
@@ -322,7 +305,8 @@ class Agent:
     # -- admin: publish -----------------------------------------------------------------------
     async def publish_model(self, *, model_id: str, weights: bytes, data: bytes, parents: list[ParentRef],
                             labels: list[int], architecture: dict[str, Any],
-                            head_tensors: list[str]) -> tuple[str, str, list[dict[str, Any]]]:
+                            head_tensors: list[str], format: str = "zoo",
+                            head: str = "") -> tuple[str, str, list[dict[str, Any]]]:
         """Register a model version: check everything, compute F_j (Eq. 4) now, sign the lineage
         record, then store weights, data and F_j and publish the record. Returns (model digest,
         record id, the parents as signed: model_id, relation, digest, version). Any bad input raises
@@ -335,7 +319,8 @@ class Agent:
             raise AgentError(f"model {model_id!r} is being published by another call")
         self._publishing.add(model_id)
         try:
-            return await self._publish_model(model_id, weights, data, parents, labels, architecture, head_tensors)
+            return await self._publish_model(model_id, weights, data, parents, labels, architecture, head_tensors,
+                                             format, head)
         except PublishError as exc:
             raise AgentError(str(exc)) from None
         finally:
@@ -343,22 +328,18 @@ class Agent:
 
     async def _publish_model(self, model_id: str, weights: bytes, data: bytes, parents: list[ParentRef],
                              labels: list[int], architecture: dict[str, Any],
-                             head_tensors: list[str]) -> tuple[str, str, list[dict[str, Any]]]:
+                             head_tensors: list[str], format: str = "zoo",
+                             head: str = "") -> tuple[str, str, list[dict[str, Any]]]:
         check_parents(model_id, [(p.model_id, p.relation) for p in parents])
         parent_refs, used = [], []
         for p in parents:
             digest, version = self._parent_version(p)
             parent_refs.append({"model_id": p.model_id, "digest": digest, "relation": p.relation})
             used.append({"model_id": p.model_id, "relation": p.relation, "digest": digest, "version": version})
-        spec = check_architecture(architecture)   # before any real tensor is allocated
-        check_labels(labels, spec)
-        model = load_model(spec.to_dict(), weights)
-        try:
-            x, y = load_dataset_bytes(data)
-        except TensorFileError as exc:
-            raise AgentError(str(exc)) from exc
-        check_data(x, y, spec)
-        names = head_tensor_names(model)
+        # Any format (fiun_peer.formats): artifact, head and data checked, nothing run from the artifact.
+        pub = await run_in_worker(functools.partial(prepare_publication, format, weights, architecture, data,
+                                                    head=head, labels=labels))
+        model, x, y, names = pub.classifier, pub.inputs, pub.y, pub.head_tensors
         if head_tensors and list(head_tensors) != names:
             raise AgentError(f"head tensors {list(head_tensors)[:8]} are not the model's last Linear layer {names}")
         present = sorted({int(c) for c in y.tolist()})
@@ -377,7 +358,7 @@ class Agent:
         # leaves nothing behind.
         rec = build_lineage(self.identity, model_id=model_id, model_digest=weights_digest, version=1,
                             parents=parent_refs, relation=parents[0].relation if parents else "root",
-                            labels=labels, head_tensors=names, architecture=spec.to_dict(),
+                            labels=labels, head_tensors=names, architecture=pub.architecture,
                             model_fisher_digests={settings_key(s): mf_digest})
         if self.view.owner(model_id) is not None:  # a lineage arrived while F_j was computed
             raise AgentError(f"model {model_id!r} already exists; unlearning creates new versions itself")
@@ -388,6 +369,8 @@ class Agent:
             # The data digest stays here: lineage records no longer name it (docs/security.md).
             self.store.put_state(f"model:{model_id}", {"digest": weights_digest, "version": 1,
                                                        "original": weights_digest, "data": data_digest})
+            versions.remember(self.store, model_id, pub.spec)   # how to load it again (format, head)
+        self._models.put(model_id, weights_digest, model)
         await self.publish_record(rec)
         log.info("model published", extra={"event": "model_published", "model": model_id,
                                             "digest": weights_digest,
@@ -432,6 +415,13 @@ class Agent:
     def _waiting_for_parents(self, model_id: str) -> list[str]:
         rec = self.view.waiting.get(model_id)
         return parents_missing(self.view, rec) if rec is not None else ["its record"]
+
+    def _load_version(self, lineage: Record, digest: str, to_change: bool = False) -> Classifier:
+        """One of our own models at version ``digest``, in whatever format it was published (from the
+        cache of loaded models; ``to_change``: taken out of it, since the caller changes it)."""
+        m = lineage.predicate["model_id"]
+        load_it = functools.partial(versions.load_version, self.store, m, lineage.predicate["architecture"], digest)
+        return (self._models.take if to_change else self._models.get)(m, digest, load_it)
 
     def _data_digest(self, model_id: str) -> str:
         """Our own data for ``model_id``: local state, or (stores from before issue 14) the digest its
@@ -707,10 +697,8 @@ class Agent:
     async def _announce(self, rid: str, m: str, cf: list[int], base: str, lineage: Record,
                         s: FIUnSettings) -> None:
         """Discovery node: Eq. 3 on our own forget data, stored content-addressed, announced."""
-        arch = lineage.predicate["architecture"]
-        weights, data = self.store.get_blob(base), self.store.get_blob(self._data_digest(m))
-        model = load_model(arch, weights)
-        x, y = load_dataset_bytes(data)
+        model = await run_in_worker(self._load_version, lineage, base)
+        x, y = load_dataset_bytes(self.store.get_blob(self._data_digest(m)))
         t0 = time.perf_counter()
         fhat = await run_in_worker(node_unlearning_fisher, model, x, y, cf, s)
         digest = self.store.put_blob(to_bytes(fhat), kind="fisher")  # served once announced
@@ -766,7 +754,7 @@ class Agent:
         digest = named or cache.get(key)
         if digest and self.store.has_blob(digest):
             return from_bytes(self.store.get_blob(digest), what="model Fisher")
-        model = load_model(first.predicate["architecture"], self.store.get_blob(version_digest))
+        model = await run_in_worker(self._load_version, first, version_digest)
         x, y = load_dataset_bytes(self.store.get_blob(self._data_digest(m)))
         mf = await run_in_worker(node_model_fisher, model, x, y, s)
         cache[key] = self.store.put_blob(to_bytes(mf), kind="model_fisher")
@@ -779,15 +767,19 @@ class Agent:
         # The current version, not st["base"]: a request applied since this one arrived must not be undone.
         base = self.store.get_state(f"model:{m}")["digest"]
         t0 = time.perf_counter()
-        model = load_model(lineage.predicate["architecture"], self.store.get_blob(base))
+        model = await run_in_worker(self._load_version, lineage, base, True)   # it gets the new head
         mf = await self._model_fisher(m, base, s)
         try:
-            new_state = await run_in_worker(functools.partial(apply_fiun, forget_labels=cf), model, mf, fishers, s)
+            new_head = await run_in_worker(functools.partial(apply_fiun_head, forget_labels=cf), model, mf, fishers, s)
         except ValueError as exc:  # e.g. a Fisher of the wrong shape or with NaN: model untouched
             self._set_why(f"req:{rid}:{m}", st, f"cannot apply: {exc}")
             self.store.incr("apply_failed")
             return
-        new_digest = self.store.put_blob(to_bytes(new_state), kind="weights")
+        # Head-only: the new head and a manifest are stored, the digest is the whole artifact's.
+        new = await run_in_worker(versions.new_version, model, new_head)
+        versions.record(self.store, m, new)
+        new_digest = new.digest
+        self._models.put(m, new_digest, model)   # the next request starts from it
         faults.point("after_new_blob", f"{rid}:{m}")
         model_state = self.store.get_state(f"model:{m}")
         version = model_state["version"] + 1

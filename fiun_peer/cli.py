@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,28 @@ HOME is a directory, or a bare NAME for ~/.fiun/NAME (so keys stay out of your w
 command that takes --home defaults to $FIUN_HOME. One daemon per home: a second `run` exits with
 "HOME is in use by pid N".
 """
+
+#: fiun_peer.formats.FORMATS and bounds, repeated here so that the admin commands need not import torch
+#: (tests/test_formats.py checks they agree).
+MODEL_FORMATS = ("zoo", "torch-export", "torchvision", "hf")
+MAX_ARTIFACT_BYTES = 384 << 20
+BOUNDS_TEXT = ("artifacts up to 384 MiB and 134,217,728 parameters; per sample at most 1,048,576 input numbers (or "
+               "8,192 tokens) and 16,777,216 numbers in any layer output; at most 1,000,000 samples")
+PUBLISH_HELP = """\
+Register a model version owned by this peer: its artifact, your own training data (it never leaves
+this peer) and its parents. Formats (--format):
+
+  zoo           our own mlp/cnn/resnet: --model weights.safetensors --arch '{"model":"mlp","in_shape":[1,8,8],"num_classes":10}'
+  torchvision   a torchvision classification model: --model weights.safetensors --arch '{"name":"resnet18","num_classes":10}'
+  hf            a transformers image or sequence classifier: --model FOLDER (config.json, model.safetensors)
+  torch-export  any nn.Module as a torch.export program: --model model.pt2 (exported in eval mode, with a
+                dynamic batch dimension)
+
+""" + textwrap.fill(
+    "Nothing from the artifact is run: no pickle, no remote code, a .pt2 with plain tensors and ATen operators "
+    "only. The head is the final Linear layer that produces the logits (or --head NAME); anything else is "
+    f"refused with the reason. Bounds, formats other than zoo: {BOUNDS_TEXT}. Zoo models: 262,144 input and "
+    "262,144 layer-output numbers per sample, 67,108,864 parameters.", 104) + "\n"
 
 HOME_HELP = ("the peer's home: a directory, or a bare NAME for ~/.fiun/NAME (default: $FIUN_HOME)")
 
@@ -203,13 +226,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     action("status", "peer identity, addresses, record count, counters")
     action("lineage", "the lineage graph this peer knows")
-    pub = action("publish", "register a model version owned by this peer")
+    pub = asub.add_parser("publish", help="register a model version owned by this peer", parents=[shared],
+                          description=PUBLISH_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     pub.add_argument("--model-id", required=True)
-    pub.add_argument("--weights", required=True, type=Path, help="safetensors state dict")
-    pub.add_argument("--data", required=True, type=Path, help='safetensors with "x" and "y": your own data')
-    pub.add_argument("--arch", required=True,
-                     help='architecture JSON or a file holding it, e.g. {"model":"mlp","in_shape":[1,8,8],'
-                          '"num_classes":10}')
+    pub.add_argument("--format", choices=MODEL_FORMATS, default="zoo",
+                     help="the artifact's format (default zoo: our own mlp/cnn/resnet)")
+    art = pub.add_mutually_exclusive_group(required=True)
+    art.add_argument("--model", type=Path, metavar="PATH",
+                     help="the artifact: a .pt2 file (torch-export), a safetensors file (zoo, torchvision), or a "
+                          "folder with config.json and model.safetensors (hf)")
+    art.add_argument("--weights", type=Path, metavar="PATH", help="the same as --model (a safetensors state dict)")
+    pub.add_argument("--head", default="", metavar="NAME",
+                     help="the head's module name, e.g. fc or classifier (default: the final Linear layer that "
+                          "produces the logits)")
+    pub.add_argument("--data", required=True, type=Path,
+                     help='safetensors with your own data: "x" and "y", or "input_ids" (+ "attention_mask") and '
+                          '"labels" for a text model')
+    pub.add_argument("--arch",
+                     help='architecture JSON or a file holding it: zoo {"model":"mlp","in_shape":[1,8,8],'
+                          '"num_classes":10}; torchvision {"name":"resnet18","num_classes":10}; hf: the config.json '
+                          "(default: the one in --model's folder); torch-export: none")
     pub.add_argument("--parents", nargs="*", type=_parent, default=[], metavar="MODEL[:RELATION][@VERSION]",
                      help="parent models with relation aggregate|finetune|incremental|distill|transfer "
                           "(default finetune) and the parent version this model derived from: @DIGEST (the "
@@ -225,7 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     which = ex.add_mutually_exclusive_group()
     which.add_argument("--version", type=int, default=0, help="the version number (default: the current version)")
     which.add_argument("--digest", default="", help="the version's sha256 digest")
-    ex.add_argument("--out", required=True, type=Path, help="where to write the safetensors weights (mode 0600)")
+    ex.add_argument("--out", required=True, type=Path,
+                    help="where to write the artifact (mode 0600): a safetensors or .pt2 file, or for an hf model a "
+                         "folder with config.json and model.safetensors")
     un = action("unlearn", "submit an unlearning request")
     un.add_argument("--labels", required=True, type=_labels, help="labels to forget, e.g. 2,9")
     un.add_argument("--id", default="", help="request id (default: generated); requests are idempotent by id")
@@ -356,6 +394,29 @@ def _main(argv: list[str] | None) -> int:
     except (OSError, ValueError) as exc:
         print(f"fiun-peer: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _read_artifact(fmt: str, path: Path, arch: str | None) -> tuple[bytes, str]:
+    """(artifact bytes, architecture JSON) for `admin publish`: a file, or an hf model's folder."""
+    if arch and not arch.lstrip().startswith("{"):
+        arch = Path(arch).read_text()
+    if path.is_dir():
+        if fmt != "hf":
+            raise ValueError(f"--model {path} is a folder; only --format hf takes one (config.json, model.safetensors)")
+        weights = path / "model.safetensors"
+        if not weights.is_file():
+            found = ", ".join(sorted(p.name for p in path.iterdir())[:8])
+            raise ValueError(f"{path} has no model.safetensors (found: {found or 'nothing'}); save the model with "
+                             "save_pretrained(..., safe_serialization=True): pickled .bin weights are not accepted")
+        if not arch:
+            arch = (path / "config.json").read_text()
+        path = weights
+    if fmt in ("zoo", "torchvision") and not arch:
+        raise ValueError(f"--format {fmt} needs --arch (see --help)")
+    size = path.stat().st_size
+    if size > MAX_ARTIFACT_BYTES:
+        raise ValueError(f"{path} has {size:,} bytes; a peer accepts artifacts up to {MAX_ARTIFACT_BYTES:,}")
+    return path.read_bytes(), arch or ""
 
 
 def _import_identity(home: Path, name: str, key_file: Path) -> Identity:
@@ -505,13 +566,11 @@ def _admin(args: argparse.Namespace) -> int:
                 f"owner {m.owner[:12]}" for m in r.models]
         show(r, "\n".join(rows) or "(no models yet)")
     elif args.action == "publish":
-        arch = args.arch
-        if not arch.lstrip().startswith("{"):
-            arch = Path(arch).read_text()
+        artifact, arch = _read_artifact(args.format, args.model or args.weights, args.arch)
         req = admin_pb2.PublishModelRequest(
-            model_id=args.model_id, weights=args.weights.read_bytes(), data=args.data.read_bytes(),
+            model_id=args.model_id, weights=artifact, data=args.data.read_bytes(),
             parents=[admin_pb2.Parent(model_id=m, relation=rel, digest=d, version=v) for m, rel, d, v in args.parents],
-            labels=args.labels, architecture_json=arch)
+            labels=args.labels, architecture_json=arch, format=args.format, head=args.head)
         r = _retry_while_parents_unknown(lambda: stub.PublishModel(req, timeout=t), args.wait_parents)
         named = {m: bool(d or v) for m, _, d, v in args.parents}
         lines = [f"published {r.model_id} {r.model_digest}", f"  record {r.record_id}"]
@@ -526,9 +585,16 @@ def _admin(args: argparse.Namespace) -> int:
             raise ValueError("--version must be >= 1 (or leave it out for the current version)")
         r = stub.ExportModel(admin_pb2.ExportModelRequest(model_id=args.model_id, model_digest=args.digest,
                                                           version=args.version), timeout=t)
-        write_atomic(args.out, r.weights)  # 0600: the weights are the owner's
-        r_meta = admin_pb2.ExportModelReply(model_id=r.model_id, model_digest=r.model_digest, version=r.version)
-        show(r_meta, f"exported {r.model_id} v{r.version} {r.model_digest}\n  to {args.out} ({len(r.weights)} bytes)")
+        if r.format == "hf":  # a folder as save_pretrained writes it, ready for from_pretrained
+            args.out.mkdir(mode=0o700, parents=True, exist_ok=True)
+            write_atomic(args.out / "config.json", (r.architecture_json + "\n").encode())
+            write_atomic(args.out / "model.safetensors", r.weights)
+        else:
+            write_atomic(args.out, r.weights)  # 0600: the weights are the owner's
+        r_meta = admin_pb2.ExportModelReply(model_id=r.model_id, model_digest=r.model_digest, version=r.version,
+                                            format=r.format)
+        show(r_meta, f"exported {r.model_id} v{r.version} {r.model_digest}\n  to {args.out} ({len(r.weights)} bytes"
+                     f"{', ' + r.format if r.format not in ('', 'zoo') else ''})")
     elif args.action == "unlearn":
         r = stub.RequestUnlearning(admin_pb2.RequestUnlearningRequest(
             forget_labels=args.labels, settings_json=args.settings, request_id=args.id, force=args.force), timeout=t)

@@ -11,8 +11,8 @@ import torch
 from torch import Tensor, nn
 
 from fiun_peer.data import Dataset
-from fiun_peer.models import build_model
 
+from .byom import build
 from .training import TrainConfig, distill_loss, fit, node_seed
 
 BASELINES = ("finetune", "gradient_ascent", "distill")
@@ -45,6 +45,6 @@ def distill(model: nn.Module, retain_x: Tensor, retain_y: Tensor, ds: Dataset, *
     """Distil the original model into a freshly initialised student on the retained data."""
     with torch.no_grad():
         teacher = model.eval()(retain_x) if retain_x.shape[0] else torch.empty(0, ds.num_classes)
-    student = build_model(cfg.model, ds.input_shape, ds.num_classes, seed=node_seed(seed + 1, node_id))
+    student = build(cfg.model, ds.input_shape, ds.num_classes, seed=node_seed(seed + 1, node_id))
     return fit(student, retain_x, retain_y, bcfg.distill_epochs, seed=seed, cfg=cfg,
                loss_fn=distill_loss(teacher, cfg.distill_temperature))

@@ -7,6 +7,7 @@ so the decentralized network must reproduce these weights to the bit.
 
 from __future__ import annotations
 
+import copy
 import sys
 import time
 from collections.abc import Callable
@@ -18,9 +19,12 @@ from torch import nn
 from fiun_peer.core.fiun import FIUnSettings, label_mask
 from fiun_peer.core.umig import UMIG
 from fiun_peer.data import Dataset, load_dataset
-from fiun_peer.unlearn import apply_fiun, node_model_fisher, node_unlearning_fisher
+from fiun_peer.formats import Classifier, Publication
+from fiun_peer.formats.base import Inputs
+from fiun_peer.unlearn import apply_fiun_head, as_classifier, node_model_fisher, node_unlearning_fisher
 
 from . import baselines as bl
+from . import byom
 from .metrics import accuracy, mia_score, split_by_labels
 from .topology import NodeSpec, assign_data, builtin, from_json, random_lineage, to_umig
 from .training import TrainConfig, node_seed, own_data, train_graph
@@ -59,12 +63,25 @@ class Stage:
     models: dict[str, nn.Module]
     train_seconds: dict[str, float]
     train_cfg: TrainConfig
+    # Models other than the zoo: node -> (what its owner's peer makes of it at publication, its artifact).
+    published: dict[str, tuple[Publication, dict]] = field(default_factory=dict)
+
+    def publication(self, node: str) -> tuple[Publication, dict]:
+        """The node's model as its peer sees it after PublishModel (fiun_peer.formats.prepare), and the
+        PublishModelRequest fields (artifact, data, format, architecture) that the peer gets."""
+        if node not in self.published:
+            spec = next(s for s in self.nodes if s.id == node)
+            x, y = own_data(self.ds, self.data_idx[node])
+            self.published[node] = byom.publication(self.train_cfg.model, self.models[node], x, y, spec.labels)
+        return self.published[node]
 
 
 def prepare(cfg: SimConfig, progress: Callable[[str], None] | None = None) -> Stage:
     """Load data, build the topology, assign own data and train every model."""
     torch.set_num_threads(cfg.threads)  # fixed thread count: reductions, hence bits, are reproducible
     ds = load_dataset(cfg.dataset, seed=cfg.seed, data_dir=cfg.data_dir)
+    if byom.is_byom(cfg.model):
+        byom.check_dataset(cfg.model, cfg.dataset, ds.input_shape)
     bad = [c for c in cfg.forget if not 0 <= c < ds.num_classes]
     if bad:
         raise ValueError(f"forget labels {bad} are not classes of {cfg.dataset} (0..{ds.num_classes - 1})")
@@ -112,9 +129,10 @@ class Reference:
     def __init__(self, stage: Stage, settings: FIUnSettings) -> None:
         self.stage, self.settings = stage, settings
         self.umig = to_umig(stage.nodes)          # our own: versions are added to it
-        self.models: dict[str, nn.Module] = dict(stage.models)
-        self.data: dict[str, tuple[torch.Tensor, torch.Tensor]] = {
-            n.id: own_data(stage.ds, stage.data_idx[n.id]) for n in stage.nodes}
+        # What FIUn sees of each model: the zoo module, or (another format) the peer's Classifier.
+        inputs = {n.id: fiun_inputs(stage, n.id) for n in stage.nodes}
+        self.models: dict[str, nn.Module | Classifier] = {n: m for n, (m, _, _) in inputs.items()}
+        self.data: dict[str, tuple[Inputs, torch.Tensor]] = {n: (x, y) for n, (_, x, y) in inputs.items()}
         self.unlearning_fishers: dict[tuple[str, str], dict] = {}    # (request, discovery node) -> F̂
         self._fhat_seconds: dict[tuple[str, str], float] = {}
         self._model_fishers: dict[tuple, dict] = {}                  # (model, version, estimator) -> F_j
@@ -154,28 +172,53 @@ class Reference:
                 self._fhat_seconds[request_id, d] = time.perf_counter() - t0
         fhat = {d: f for (rid, d), f in self.unlearning_fishers.items() if rid == request_id}
         fhat_s = {d: t for (rid, d), t in self._fhat_seconds.items() if rid == request_id}
-        states, upd_s = {}, {}
+        states, heads, upd_s = {}, {}, {}
         for n in sub:                                             # lines 7-11
+            model = self.models[n]
             t0 = time.perf_counter()
-            states[n] = apply_fiun(self.models[n], model_fishers[n],
-                                   [fhat[d] for d in g.discovery_ancestors(n, forget, request_id)], s,
-                                   forget_labels=forget)
-            upd_s[n] = time.perf_counter() - t0
-        models = {}
-        for n, st in states.items():
-            m = _fresh_model(self.stage)
-            m.load_state_dict(st)
-            models[n] = m.eval()
+            heads[n] = apply_fiun_head(model, model_fishers[n],
+                                       [fhat[d] for d in g.discovery_ancestors(n, forget, request_id)], s,
+                                       forget_labels=forget)
+            upd_s[n] = time.perf_counter() - t0  # the new head is the update; the full state is for evaluation
+            states[n] = {**{k: v.clone() for k, v in as_classifier(model).state_dict().items()}, **heads[n]}
+        models = {n: model_from_state(self.stage, n, st) for n, st in states.items()}
         cumulative = {n: max(fhat_s[d] for d in g.discovery_ancestors(n, forget, request_id)) + upd_s[n]
                       for n in sub}
         seconds = sum(fhat_s[d] for d in fhat_s if d in sub) + sum(upd_s.values())
         for n in sub:                                             # the new versions
-            self.models[n] = models[n]
+            self.models[n] = _next_version(self.models[n], heads[n]) if byom.is_byom(self.stage.train_cfg.model) \
+                else models[n]
             g.add_version(n, request_id)
         not_affected = [n for n in g.unlearning_subgraph(forget) if n not in g.unlearning_subgraph(forget, request_id)]
         return {"subgraph": sub, "models": models, "states": states, "model_fishers": model_fishers,
                 "unlearning_fishers": {d: fhat[d] for d in fhat if d in sub}, "seconds": seconds,
                 "cumulative": cumulative, "not_affected": not_affected}
+
+
+def _next_version(model: nn.Module | Classifier, head: dict[str, torch.Tensor]) -> Classifier:
+    """A model in another format with its new head: what its peer loads for the next request."""
+    new = copy.deepcopy(as_classifier(model))
+    new.set_head(head)
+    return new
+
+
+def fiun_inputs(stage: Stage, node: str) -> tuple[nn.Module | Classifier, Inputs, torch.Tensor]:
+    """(model, own inputs, own labels) as FIUn sees them: the trained zoo model and its data, or, for
+    another format, what the node's peer makes of its artifact and data file at publication."""
+    if not byom.is_byom(stage.train_cfg.model):
+        return (stage.models[node], *own_data(stage.ds, stage.data_idx[node]))
+    pub, _ = stage.publication(node)
+    return pub.classifier, pub.inputs, pub.y
+
+
+def model_from_state(stage: Stage, node: str, state: dict[str, torch.Tensor]) -> nn.Module:
+    """An evaluable model (stage samples -> logits) of ``node`` with the weights (or head) ``state``."""
+    if not byom.is_byom(stage.train_cfg.model):
+        m = _fresh_model(stage)
+        m.load_state_dict(state)
+        return m.eval()
+    pub, fields = stage.publication(node)
+    return byom.with_head(pub.spec, fields["weights"], state, stage.train_cfg.model)
 
 
 def _fresh_model(stage: Stage) -> nn.Module:

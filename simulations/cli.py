@@ -12,7 +12,30 @@ from fiun_peer.core.fiun import NORMALIZATIONS, ROWS, FIUnSettings
 from fiun_peer.data import DATASETS
 from fiun_peer.models import MODELS
 
+from .byom import EXAMPLES, check_name, default_dataset
 from .topology import FRAMEWORKS
+
+
+def _model_name(text: str) -> str:
+    try:
+        return check_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def model_in_format(model: str, fmt: str) -> str:
+    """`fiun-sim export --model M --format F`: the model name that trains M and publishes it as F."""
+    base = model.split(":", 1)[1] if ":" in model else model
+    if fmt == "zoo" and model in MODELS:
+        return model
+    if fmt == "torch-export" and not model.startswith("hf-"):
+        return check_name(f"torch-export:{base}")
+    if fmt == "torchvision" and base not in MODELS and base != "bn-cnn" and not model.startswith("hf-"):
+        return check_name(f"torchvision:{base}")
+    if fmt == "hf" and model.startswith("hf-"):
+        return model
+    raise ValueError(f"--model {model} cannot be written as --format {fmt} (zoo: mlp, cnn, resnet; torchvision: a "
+                     "torchvision classification model; hf: hf-vit-tiny, hf-bert-tiny; torch-export: any but hf-*)")
 
 
 def parse_labels(text: str) -> tuple[int, ...]:
@@ -38,9 +61,14 @@ def add_experiment_args(p: argparse.ArgumentParser) -> None:
                            "by every relation, multi-root and imbalanced paths, depth up to 8")
     p.add_argument("--nodes", type=int, metavar="N",
                    help="with --random-lineage: the number of models, 6-16 (default: drawn from the seed)")
-    p.add_argument("--dataset", choices=DATASETS, default="digits", help="default digits (real, offline)")
+    p.add_argument("--dataset", choices=DATASETS, default=None,
+                   help="default digits (real, offline) for the zoo models; digits32 (3x32x32 colour digits) for "
+                        "torchvision models, tokens (a generated text task) for hf-bert-tiny")
     p.add_argument("--data-dir", help="folder with cifar-100-python/ files for --dataset cifar100")
-    p.add_argument("--model", choices=MODELS, default="mlp")
+    p.add_argument("--model", type=_model_name, default="mlp", metavar="MODEL",
+                   help=f"a zoo model ({', '.join(MODELS)}; default mlp) or a model in its own format, published "
+                        f"as its owner would: {', '.join(EXAMPLES)} (torchvision:NAME takes any torchvision "
+                        "classification model)")
     p.add_argument("--forget", type=parse_labels, default=(2,), metavar="LABELS",
                    help="labels to unlearn, comma-separated, e.g. 2,9 (default 2)")
     p.add_argument("--estimator", choices=ESTIMATORS, default=d.estimator,
@@ -83,7 +111,7 @@ def config_from_args(a: argparse.Namespace):
         raise ValueError("--nodes needs --random-lineage")
     custom = a.topology is not None or a.random_lineage is not None
     return SimConfig(framework=None if custom else a.framework, topology_file=a.topology,
-                     random_lineage=a.random_lineage, lineage_nodes=a.nodes, dataset=a.dataset, data_dir=a.data_dir, model=a.model, forget=a.forget, seed=a.seed,
+                     random_lineage=a.random_lineage, lineage_nodes=a.nodes, dataset=a.dataset or default_dataset(a.model), data_dir=a.data_dir, model=a.model, forget=a.forget, seed=a.seed,
                      settings=settings_from_args(a), baselines=not a.no_baselines)
 
 
@@ -116,12 +144,18 @@ def build_parser() -> argparse.ArgumentParser:
                        "safetensors files, ready for `fiun-peer admin publish`")
     add_experiment_args(e)
     e.add_argument("--out", required=True, help="output folder (one sub-folder per model)")
+    e.add_argument("--format", choices=("zoo", "torch-export", "torchvision", "hf"), default=None,
+                   help="write the models in this format (default: --model's own); e.g. --model cnn --format "
+                        "torch-export writes .pt2 programs of the zoo's CNN, --model torchvision:resnet18 --format "
+                        "torch-export of torchvision's ResNet-18")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "export" and args.format:
+            args.model = model_in_format(args.model, args.format)
         cfg = config_from_args(args)
         if args.command == "centralized":
             from .centralized import run_centralized

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from fiun_peer.tensors import to_bytes
 
+from . import byom
 from .centralized import SimConfig, Stage, prepare
 from .network import architecture
 from .training import own_data
@@ -24,6 +25,8 @@ def write_stage(stage: Stage, out: str | Path) -> list[str]:
     """:func:`export_stage` for a stage already trained."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if byom.is_byom(stage.train_cfg.model):
+        return _write_byom(stage, out)
     (out / "arch.json").write_text(json.dumps(architecture(stage)) + "\n")
     lines = [f"wrote {len(stage.nodes)} models to {out}/ (architecture in {out}/arch.json); publish each from "
              f"its owner's peer, parents first ({HOME_PLACEHOLDER}: that peer's home, e.g. alice; --home "
@@ -36,6 +39,41 @@ def write_stage(stage: Stage, out: str | Path) -> list[str]:
         (d / "data.safetensors").write_bytes(to_bytes({"x": x, "y": y}))
         lines.append("  " + publish_command(spec.id, d, out, spec.labels,
                                             [(p, spec.relation) for p in spec.parents]))
+    return lines
+
+
+def _write_byom(stage: Stage, out: Path) -> list[str]:
+    """Each model as its owner would keep it: a .pt2 program, torchvision weights and arch.json, or an hf
+    folder (config.json, model.safetensors), and its own data."""
+    name = stage.train_cfg.model
+    fmt = byom.format_of(name)
+    lines = [f"wrote {len(stage.nodes)} {name} models ({fmt} format) to {out}/; publish each from its owner's "
+             f"peer, parents first ({HOME_PLACEHOLDER}: that peer's home, e.g. alice):"]
+    for spec in stage.nodes:
+        d = out / spec.id
+        d.mkdir(exist_ok=True)
+        fields = stage.publication(spec.id)[1]
+        (d / "data.safetensors").write_bytes(fields["data"])
+        arch = None
+        if fmt == "torch-export":
+            model = d / "model.pt2"
+            model.write_bytes(fields["weights"])
+        elif fmt == "hf":
+            model = d / "hf"
+            model.mkdir(exist_ok=True)
+            (model / "config.json").write_text(fields["architecture_json"] + "\n")
+            (model / "model.safetensors").write_bytes(fields["weights"])
+        else:
+            model = d / "weights.safetensors"
+            model.write_bytes(fields["weights"])
+            arch = d / "arch.json"
+            arch.write_text(fields["architecture_json"] + "\n")
+        line = (f"fiun-peer admin --home {HOME_PLACEHOLDER} publish --model-id {spec.id} --format {fmt} "
+                f"--model {model}" + (f" --arch {arch}" if arch else "") +
+                f" --data {d}/data.safetensors --labels {','.join(map(str, spec.labels))}")
+        if spec.parents:
+            line += " --parents " + " ".join(f"{p}:{spec.relation}" for p in spec.parents)
+        lines.append("  " + line)
     return lines
 
 

@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 from fiun_peer.rpc.generated.fiun.v1 import admin_pb2
-from fiun_peer.tensors import from_bytes
 
-from .centralized import SimConfig, Stage, _fresh_model, evaluate, prepare, run_on_stage
+from .byom import state_of
+from .centralized import SimConfig, Stage, evaluate, model_from_state, prepare, run_on_stage
 from .network import publish_stage
 from .peers import Peer, PeerCluster
 from .progress import NetworkProgress
@@ -131,7 +131,7 @@ def _observe(stage: Stage, cfg: SimConfig, opts: NetworkOptions, groups: list[li
             # Weights go only to their owner's credential: the harness holds every owner's admin token.
             exported = owner.admin.ExportModel(admin_pb2.ExportModelRequest(
                 model_id=m.model_id, model_digest=own.new_digest), timeout=60)
-            weights = from_bytes(exported.weights, what="weights")
+            weights = state_of(exported.format or "zoo", exported.weights)   # .pt2 or safetensors
             per_model[m.model_id] = {
                 "owner": owner.name, "old_digest": own.old_digest, "new_digest": own.new_digest,
                 "received_at": _since(own.received_at, t_submit), "applied_at": _since(own.applied_at, t_submit),
@@ -159,8 +159,7 @@ def _merge(result: dict, reference: dict, net: dict, stage: Stage, forget: tuple
         equal = set(m["weights"]) == set(expected) and all(torch.equal(m["weights"][k], v)
                                                             for k, v in expected.items())
         all_equal &= equal
-        model = _fresh_model(stage)
-        model.load_state_dict(m["weights"])
+        model = model_from_state(stage, node["id"], m["weights"])
         node["centralized_fiun"] = node["fiun"]
         node["centralized_fiun_cumulative_seconds"] = node["fiun_cumulative_seconds"]
         node["fiun"] = evaluate(stage, model.eval(), node["id"], forget)

@@ -9,14 +9,29 @@ from collections.abc import Callable
 from fiun_peer.rpc.generated.fiun.v1 import admin_pb2
 from fiun_peer.tensors import to_bytes
 
+from . import byom
 from .centralized import Stage
 from .peers import Peer
 from .training import own_data
 
 
 def architecture(stage: Stage) -> dict:
+    """The zoo architecture JSON of the stage's models (other formats: see Stage.publication)."""
     return {"model": stage.train_cfg.model, "in_shape": list(stage.ds.input_shape),
             "num_classes": stage.ds.num_classes}
+
+
+def model_fields(stage: Stage, node: str, zoo_architecture: str, *, exclude_labels: list[int] = ()) -> dict:
+    """PublishModelRequest fields for a node's model: zoo weights and data (without
+    ``exclude_labels``), or (another format) the very artifact and data the centralized reference
+    prepared (Stage.publication)."""
+    if byom.is_byom(stage.train_cfg.model):
+        if exclude_labels:
+            raise ValueError("exclude_labels is for zoo stages: other formats publish what the reference prepared")
+        return stage.publication(node)[1]
+    x, y = own_data(stage.ds, stage.data_idx[node], exclude_labels=list(exclude_labels))
+    return {"weights": to_bytes(stage.models[node].state_dict()), "data": to_bytes({"x": x, "y": y}),
+            "architecture_json": zoo_architecture}
 
 
 def publish_stage(stage: Stage, owners: dict[str, Peer], *, timeout: float = 60.0,
@@ -39,13 +54,11 @@ def publish_stage(stage: Stage, owners: dict[str, Peer], *, timeout: float = 60.
                 raise TimeoutError(f"{peer.name} has not heard of parents {spec.parents} of {spec.id}")
             time.sleep(0.1)
         dropped = (exclude_labels or {}).get(spec.id, [])
-        x, y = own_data(stage.ds, stage.data_idx[spec.id], exclude_labels=dropped)
         reply = peer.admin.PublishModel(admin_pb2.PublishModelRequest(
-            model_id=spec.id, weights=to_bytes(stage.models[spec.id].state_dict()),
-            data=to_bytes({"x": x, "y": y}), labels=[c for c in spec.labels if c not in dropped],
-            architecture_json=arch,
+            model_id=spec.id, labels=[c for c in spec.labels if c not in dropped],
+            **model_fields(stage, spec.id, arch, exclude_labels=dropped),
             parents=[admin_pb2.Parent(model_id=p, relation=spec.relation or "finetune") for p in spec.parents]),
-            timeout=120)
+            timeout=300)
         digests[spec.id] = reply.model_digest
         if on_published:
             on_published(spec.id)

@@ -14,8 +14,8 @@ from torch import Tensor, nn
 from fiun_peer.core.fisher import find_head
 from fiun_peer.core.fiun import label_mask
 from fiun_peer.data import Dataset
-from fiun_peer.models import build_model
 
+from .byom import build, is_byom
 from .topology import NodeSpec
 
 
@@ -57,6 +57,8 @@ def fit(model: nn.Module, x: Tensor, y: Tensor, epochs: int, *, seed: int, cfg: 
         order = torch.randperm(x.shape[0], generator=gen)
         for start in range(0, x.shape[0], cfg.batch_size):
             idx = order[start:start + cfg.batch_size]
+            if idx.numel() == 1 and is_byom(cfg.model):
+                continue  # BatchNorm cannot train on one sample at 1x1 (ResNet-18's last maps); zoo runs unchanged
             logits = model(x[idx])
             loss = loss_fn(logits, y[idx], idx) if loss_fn else nn.functional.cross_entropy(logits, y[idx])
             opt.zero_grad()
@@ -80,7 +82,7 @@ def train_node(spec: NodeSpec, parents: list[nn.Module], x: Tensor, y: Tensor, d
     """Build one node's model from its parents by its relation, then train it on its own data."""
     s = node_seed(seed, spec.id)
     # Every root starts from one shared initialisation, as an FL server broadcasts its initial model.
-    model = build_model(cfg.model, ds.input_shape, ds.num_classes, seed=node_seed(seed, "<init>"))
+    model = build(cfg.model, ds.input_shape, ds.num_classes, seed=node_seed(seed, "<init>"))
     rel = spec.relation
     if parents and rel != "distill":
         model.load_state_dict(fedavg([p.state_dict() for p in parents]))

@@ -155,7 +155,7 @@ class Kill:
     detail: str
     state_digest: str
     consistent: bool               # model state and request state agree (the apply step is atomic)
-    blob_ok: bool                  # the state's model blob exists and hashes to its name
+    blob_ok: bool                  # the state's version's blobs exist and hash to their names
     torn_blobs: int                # stored blobs (any) whose bytes do not hash to their name
     temp_files: int
     verdict: str = ""              # old | new | torn, decided once the request's receipt exists
@@ -178,6 +178,18 @@ class Summary:
                 f"version each); temp files left by kills={sum(k.temp_files for k in self.kills)} "
                 f"(all removed at restart); armed-not-reached={self.not_reached}; "
                 f"seconds={self.seconds:.0f}")
+
+
+def version_blobs(states: dict, digest: str) -> list[str]:
+    """The blobs a model version is made of: its whole artifact (version 1), or, for a later
+    (head-only) version, the version-1 artifact and its head, named by its manifest."""
+    m = states.get(f"ver:{digest}")
+    return [digest] if m is None else [m["artifact"], m["head"]]
+
+
+def _blob_ok(home: Path, digest: str) -> bool:
+    blob = home / "blobs" / digest[:2] / digest
+    return blob.is_file() and hashlib.sha256(blob.read_bytes()).hexdigest() == digest
 
 
 def inspect_store(home: Path, model: str, request: str) -> dict:
@@ -203,8 +215,7 @@ def inspect_store(home: Path, model: str, request: str) -> dict:
         consistent = ms["digest"] == rs["new"] and ms["version"] == rs["version"]
     else:
         consistent = rs is None or "base" not in rs or ms["digest"] == rs["base"]
-    blob = home / "blobs" / ms["digest"][:2] / ms["digest"]
-    blob_ok = blob.is_file() and hashlib.sha256(blob.read_bytes()).hexdigest() == ms["digest"]
+    blob_ok = all(_blob_ok(home, d) for d in version_blobs(states, ms["digest"]))
     return {"digest": ms["digest"], "consistent": consistent, "blob_ok": blob_ok, "torn": torn,
             "temp": temp, "states": states}
 
@@ -399,6 +410,7 @@ def check_exactly_once(s: Summary, envelopes: dict[str, list[bytes]], owners: di
     assert max(receipts.values()) == 1, f"duplicate receipts: {[k for k, n in receipts.items() if n > 1]}"
     by_pair = {(r.predicate["request_id"], r.predicate["model_id"]): r.predicate for r in recs
                if r.kind == "receipt"}
+    heads: dict[str, str] = {}     # a new version's digest -> its head blob (what unlearning writes)
     for m, peer in owners.items():
         versions = sorted((r.predicate["version"], r.subject_digest, r.predicate["previous_digest"])
                           for r in recs if r.kind == "lineage" and r.predicate["model_id"] == m)
@@ -409,7 +421,8 @@ def check_exactly_once(s: Summary, envelopes: dict[str, list[bytes]], owners: di
         with Store(peer.home) as store:       # the final state, after a clean stop
             ms = store.get_state(f"model:{m}")
             assert ms["version"] == len(s.requests) + 1 and ms["digest"] == versions[-1][1]
-            assert store.verify_blob(ms["digest"])
+            assert all(store.verify_blob(d) for d in version_blobs(store.states("ver:"), ms["digest"]))
+            heads |= {k.removeprefix("ver:"): v["head"] for k, v in store.states("ver:").items()}
             applied = [store.get_state(f"req:{rid}:{m}") for rid in s.requests]
             assert all(st["state"] == "applied" for st in applied)
             assert sorted(st["version"] for st in applied) == list(range(2, len(s.requests) + 2))
@@ -418,7 +431,8 @@ def check_exactly_once(s: Summary, envelopes: dict[str, list[bytes]], owners: di
         assert k.blob_ok and k.torn_blobs == 0, f"a torn blob after a kill: {k}"
         receipt = by_pair[(k.request, k.model)]
         k.verdict = {receipt["old_digest"]: "old", receipt["new_digest"]: "new"}.get(k.state_digest, "torn")
-        if k.how in ("mid_write", "before_rename") and k.detail == receipt["new_digest"]:
+        if k.how in ("mid_write", "before_rename") and k.detail in (receipt["new_digest"],
+                                                                   heads.get(receipt["new_digest"])):
             k.how = f"{k.how}(new model)"
     assert all(k.verdict in ("old", "new") for k in s.kills), [k for k in s.kills if k.verdict == "torn"]
 

@@ -104,6 +104,25 @@ def _weights_with(value: float) -> bytes:
     return to_bytes(state)
 
 
+def _pickled() -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    torch.save({"w": torch.zeros(2)}, buf)
+    return buf.getvalue()
+
+
+def _zip(payload: bytes) -> bytes:
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("archive/models/model.json", payload)
+        z.writestr("archive/data.pkl", payload)
+    return buf.getvalue()
+
+
 HOSTILE_WEIGHTS = [_weights_with(float("nan")), _weights_with(float("inf")), _weights_with(-float("inf")),
                    to_bytes({"head.weight": torch.zeros(10, 128)}), b"\x00" * 16]
 
@@ -112,7 +131,22 @@ HOSTILE_WEIGHTS = [_weights_with(float("nan")), _weights_with(float("inf")), _we
 def hostile_publish(draw) -> dict:
     """PublishModel fields that must be refused: non-finite weights, labels outside the head, an
     architecture that is unknown, malformed or over the size bounds, data that does not fit it."""
-    what = draw(st.sampled_from(["weights", "labels", "arch", "data"]))
+    what = draw(st.sampled_from(["weights", "labels", "arch", "data", "format"]))
+    if what == "format":  # models in their own formats: code to run, a foreign zip, names that do not exist
+        fmt = draw(st.sampled_from(["torch-export", "torchvision", "hf"]))
+        if fmt == "torch-export":
+            artifact = draw(st.sampled_from([_pickled(), _zip(draw(st.binary(max_size=64))), WEIGHTS]))
+            return {"format": fmt, "weights": artifact, "architecture_json": draw(st.sampled_from(["", ARCH]))}
+        if fmt == "torchvision":
+            arch = {"name": draw(st.sampled_from(["resnet18", "yolo", "", "../x", "fasterrcnn_resnet50_fpn"])),
+                    "num_classes": draw(st.integers(-1, 20))}
+            return {"format": fmt, "architecture_json": json.dumps(arch), "weights": draw(st.sampled_from(
+                [WEIGHTS, _pickled()]))}
+        config = {"model_type": draw(st.sampled_from(["bert", "vit", "gpt2", ""])),
+                  "architectures": [draw(st.sampled_from(["BertForSequenceClassification", "GPT2LMHeadModel"]))]}
+        if draw(st.booleans()):
+            config["auto_map"] = {"AutoModelForSequenceClassification": "evil.Model"}
+        return {"format": fmt, "architecture_json": json.dumps(config), "head": draw(st.sampled_from(["", "x.y"]))}
     if what == "weights":
         return {"weights": draw(st.sampled_from(HOSTILE_WEIGHTS))}
     if what == "labels":
@@ -146,7 +180,9 @@ def calls(draw) -> tuple[str, str, object, bool]:
         values.update(weights=WEIGHTS, data=DATA, architecture_json=draw(st.sampled_from([ARCH, ARCH, "[]", "{"])))
         if draw(st.booleans()):  # a usable id and no parents: only labels/head tensors left to be wrong
             values.update(model_id=draw(st.from_regex(r"[a-z][a-z0-9]{0,12}", fullmatch=True)), parents=[],
-                          head_tensors=draw(st.sampled_from([[], ["head.weight", "head.bias"], ["x"]])))
+                          head_tensors=draw(st.sampled_from([[], ["head.weight", "head.bias"], ["x"]])),
+                          format=draw(st.sampled_from(["", "zoo", "zoo", "torch-export", "torchvision", "hf", "onnx"])),
+                          head=draw(st.sampled_from(["", "", "head", "features.1", "nope", "head; x"])))
         if draw(st.booleans()):  # hostile content behind a usable id (issue 14): each must be refused
             values.update(model_id=draw(st.from_regex(r"h[a-z0-9]{0,12}", fullmatch=True)), parents=[])
             values.update(draw(hostile_publish()))

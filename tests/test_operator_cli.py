@@ -269,6 +269,41 @@ def test_unlearning_labels_no_model_holds_needs_force(il_stage, peer, capsys) ->
     assert peer_main(["admin", "--home", str(home), "request", "later"]) == 0
 
 
+def test_a_model_in_its_own_format_goes_through_the_cli_and_comes_back(peer, tmp_path) -> None:
+    """`fiun-sim export --model hf-vit-tiny` writes an hf folder per model; its printed publish command
+    works as printed, `admin export` writes the folder back (config.json and model.safetensors, the
+    same bytes), and a folder with pickled weights is refused before anything is sent."""
+    import json as _json
+
+    from simulations.centralized import SimConfig, prepare
+    from simulations.export import write_stage
+
+    topo = tmp_path / "chain.json"
+    topo.write_text(_json.dumps({"nodes": [{"id": "vit0", "parents": [], "labels": list(range(10)),
+                                            "share": 0.05, "epochs": 1}]}))
+    stage = prepare(SimConfig(framework=None, topology_file=str(topo), model="hf-vit-tiny", dataset="digits",
+                              baselines=False))
+    lines = write_stage(stage, tmp_path / "models")
+    hint = next(line.strip() for line in lines if "--model-id vit0 " in line)
+    assert "--format hf --model " in hint and "--arch" not in hint
+    home = peer[0]
+    argv = shlex.split(hint.replace("--home HOME", f"--home {shlex.quote(str(home))}"))[1:]
+    done = subprocess.run([*CLI, *argv], env=_env(), capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    folder = tmp_path / "models" / "vit0" / "hf"
+    assert done.stdout.startswith(f"published vit0 {_digest(folder / 'model.safetensors')}")
+    out = tmp_path / "vit0-v1"
+    done = subprocess.run([*CLI, "admin", "--home", str(home), "export", "--model-id", "vit0", "--out", str(out)],
+                          env=_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (out / "model.safetensors").read_bytes() == (folder / "model.safetensors").read_bytes()
+    assert _json.loads((out / "config.json").read_text()) == _json.loads((folder / "config.json").read_text())
+    (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
+    again = [a if a != "vit0" else "vit1" for a in argv]
+    done = subprocess.run([*CLI, *again], env=_env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "no model.safetensors" in done.stderr and "pickled" in done.stderr
+
+
 def test_stopping_never_removes_another_process_run_json(peer, tmp_path) -> None:
     # Last in the module: it stops the shared daemon. Its run.json now names another process (as
     # after a second start took over, before the home lock): a clean stop must leave it alone.

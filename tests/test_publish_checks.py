@@ -214,3 +214,84 @@ def test_a_parent_version_this_peer_does_not_know_is_refused_and_leaves_nothing(
             [("pv", "distill", parent, 1)]
         (rec,) = [r for r in host.call(host.store.records, "lineage") if r.record_id == reply.record_id]
         assert rec.predicate["parents"] == [{"model_id": "pv", "digest": parent, "relation": "distill"}]
+
+
+# -- models in their own formats (fiun_peer.formats) ------------------------------------------------------
+
+
+def _pickle() -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    torch.save({"classifier.weight": torch.zeros(10, 64)}, buf)
+    return buf.getvalue()
+
+
+def _torchvision(name: str) -> bytes:
+    from simulations.byom import build
+
+    return to_bytes(build(f"torchvision:{name}", (3, 32, 32), 10, seed=0).state_dict())
+
+
+def _bert() -> tuple[bytes, dict, torch.Tensor]:
+    from fiun_peer.data import TOKEN_VOCAB, load_dataset
+    from simulations.byom import artifact, build
+
+    ds = load_dataset("tokens")
+    weights, config = artifact("hf-bert-tiny", build("hf-bert-tiny", ds.input_shape, 10, seed=0), ds.x_train[:4])
+    assert config["vocab_size"] == TOKEN_VOCAB
+    return weights, config, ds.x_train[:20]
+
+
+def _hf(config_change: dict, shift: int = 0) -> dict:
+    """A tiny BERT classifier with its config changed, and text data (token ids shifted by ``shift``)."""
+    weights, config, x = _bert()
+    data = to_bytes({"input_ids": x[:, 0] + shift, "labels": torch.arange(20) % 10})
+    return dict(format="hf", weights=weights, architecture_json=json.dumps({**config, **config_change}), data=data)
+
+
+def _images() -> bytes:
+    return to_bytes({"x": torch.rand(6, 3, 32, 32), "y": torch.arange(6)})
+
+
+FORMAT_CASES = {
+    "unknown format": (lambda: dict(format="onnx"), "unknown model format"),
+    "a pickle as a torch.export program": (lambda: dict(format="torch-export", weights=_pickle(), architecture_json=""),
+                                           "pickle"),
+    "a pickle as torchvision weights": (lambda: dict(format="torchvision", weights=_pickle(), data=_images(),
+                                                     architecture_json='{"name": "resnet18", "num_classes": 10}'),
+                                        "not a valid safetensors"),
+    "torchvision model unknown": (lambda: dict(format="torchvision", data=_images(),
+                                               architecture_json='{"name": "yolo", "num_classes": 10}'),
+                                  "not a torchvision classification model"),
+    "torchvision head not a Linear": (lambda: dict(format="torchvision", weights=_torchvision("mobilenet_v3_small"),
+                                                   data=_images(), head="avgpool",
+                                                   architecture_json='{"name": "mobilenet_v3_small", "num_classes": 10}'),
+                                      "not a Linear layer"),
+    "torchvision head not the logits": (lambda: dict(format="torchvision", weights=_torchvision("mobilenet_v3_small"),
+                                                     data=_images(), head="classifier.0",
+                                                     architecture_json='{"name": "mobilenet_v3_small", '
+                                                                       '"num_classes": 10}'),
+                                        "does not produce the model's logits"),
+    "torchvision without a Linear head": (lambda: dict(format="torchvision", weights=_torchvision("squeezenet1_1"),
+                                                       data=_images(),
+                                                       architecture_json='{"name": "squeezenet1_1", "num_classes": 10}'),
+                                          "no Linear layer"),
+    "torchvision images of another size": (lambda: dict(format="torchvision", weights=_torchvision("resnet18"),
+                                                        data=to_bytes({"x": torch.rand(4, 1, 32, 32), "y": torch.arange(4)}),
+                                                        architecture_json='{"name": "resnet18", "num_classes": 10}'),
+                                           "data does not fit the model"),
+    "hf remote code": (lambda: _hf({"auto_map": {"AutoModelForSequenceClassification": "evil.Model"}}), "remote code"),
+    "hf token ids outside the vocabulary": (lambda: _hf({}, shift=64), "must lie in 0..63"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FORMAT_CASES))
+def test_bad_publish_in_another_format_is_refused_and_leaves_nothing(host, stub, case: str) -> None:
+    make, reason = FORMAT_CASES[case]
+    before = snapshot(host)
+    with pytest.raises(grpc.RpcError) as info:
+        stub.PublishModel(request(**make()), timeout=120)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (case, info.value.code(), info.value.details())
+    assert reason in info.value.details(), (case, info.value.details())
+    assert snapshot(host) == before, case

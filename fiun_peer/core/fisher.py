@@ -17,6 +17,8 @@ the closed forms against it and against a naive per-sample autograd loop. Pure f
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
@@ -151,10 +153,36 @@ def _stop_at_head(_module: nn.Module, args: tuple) -> None:
     raise _HeadReached(args[0].detach())
 
 
+def num_samples(inputs: Tensor | Mapping[str, Tensor]) -> int:
+    """Rows in a batch of inputs: one tensor, or several (a text model's ``input_ids`` and
+    ``attention_mask``) whose first dimension is the sample."""
+    if isinstance(inputs, Tensor):
+        return inputs.shape[0]
+    sizes = {v.shape[0] for v in inputs.values()}
+    if len(sizes) != 1:
+        raise ValueError(f"inputs {sorted(inputs)} disagree on the number of samples: {sorted(sizes)}")
+    return sizes.pop()
+
+
+def take(inputs: Tensor | Mapping[str, Tensor], index: Tensor | slice) -> Tensor | dict[str, Tensor]:
+    """The rows ``index`` (a boolean mask, indices or a slice) of every input tensor."""
+    if isinstance(inputs, Tensor):
+        return inputs[index]
+    return {k: v[index] for k, v in inputs.items()}
+
+
+def _call(model: nn.Module, batch: Tensor | Mapping[str, Tensor]) -> object:
+    return model(batch) if isinstance(batch, Tensor) else model(**batch)
+
+
 @torch.no_grad()
-def head_features(model: nn.Module, inputs: Tensor, head: nn.Module | str | None = None,
-                  *, chunk: int = 1024) -> Tensor:
-    """Run the frozen backbone once (eval mode, no grad) and return the head's input features."""
+def head_features(model: nn.Module, inputs: Tensor | Mapping[str, Tensor], head: nn.Module | str | None = None,
+                  *, chunk: int = 1024, call: Callable[[nn.Module, object], object] | None = None) -> Tensor:
+    """Run the frozen backbone once (eval mode, no grad) and return the head's input features.
+
+    ``inputs`` is one tensor or a mapping of named tensors (passed as keyword arguments); ``call``
+    overrides how a chunk is fed to the model (e.g. ``model(pixel_values=x)``)."""
+    call = call or _call
     modules = list(model.modules())
     if isinstance(head, nn.Module):  # the name is not needed here; only that it is ours
         if not any(m is head for m in modules):
@@ -170,9 +198,9 @@ def head_features(model: nn.Module, inputs: Tensor, head: nn.Module | str | None
     if any(modes):
         model.eval()
     try:
-        for start in range(0, inputs.shape[0], chunk):
+        for start in range(0, num_samples(inputs), chunk):
             try:
-                model(inputs[start:start + chunk])
+                call(model, take(inputs, slice(start, start + chunk)))
             except _HeadReached as reached:
                 captured.append(reached.features)
     finally:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x66iun/v1/admin.proto\x12\x07\x66iun.v1\"\x0f\n\rStatusRequest\"\xa5\x02\n\x0bStatusReply\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07peer_id\x18\x02 \x01(\t\x12\x12\n\npublic_key\x18\x03 \x01(\t\x12\x14\n\x0cgrpc_address\x18\x04 \x01(\t\x12\x15\n\rp2p_addresses\x18\x05 \x03(\t\x12\x17\n\x0f\x63onnected_peers\x18\x06 \x01(\r\x12\x0f\n\x07records\x18\x07 \x01(\r\x12\x0e\n\x06models\x18\x08 \x03(\t\x12\x34\n\x08\x63ounters\x18\t \x03(\x0b\x32\".fiun.v1.StatusReply.CountersEntry\x12\x15\n\radmin_address\x18\n \x01(\t\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"M\n\x06Parent\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x10\n\x08relation\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\r\"\xa9\x01\n\x13PublishModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07weights\x18\x02 \x01(\x0c\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12 \n\x07parents\x18\x04 \x03(\x0b\x32\x0f.fiun.v1.Parent\x12\x0e\n\x06labels\x18\x05 \x03(\x05\x12\x19\n\x11\x61rchitecture_json\x18\x06 \x01(\t\x12\x14\n\x0chead_tensors\x18\x07 \x03(\t\"p\n\x11PublishModelReply\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x14\n\x0cmodel_digest\x18\x02 \x01(\t\x12\x11\n\trecord_id\x18\x03 \x01(\t\x12 \n\x07parents\x18\x04 \x03(\x0b\x32\x0f.fiun.v1.Parent\"M\n\x12\x45xportModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x14\n\x0cmodel_digest\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\r\"\\\n\x10\x45xportModelReply\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x14\n\x0cmodel_digest\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\r\x12\x0f\n\x07weights\x18\x04 \x01(\x0c\"\x14\n\x12ListLineageRequest\"9\n\x10ListLineageReply\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.fiun.v1.LineageEntry\"\x88\x01\n\x0cLineageEntry\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x14\n\x0cmodel_digest\x18\x02 \x01(\t\x12 \n\x07parents\x18\x03 \x03(\x0b\x32\x0f.fiun.v1.Parent\x12\x0e\n\x06labels\x18\x04 \x03(\x05\x12\r\n\x05owner\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\r\"k\n\x18RequestUnlearningRequest\x12\x15\n\rforget_labels\x18\x01 \x03(\x05\x12\x15\n\rsettings_json\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\r\n\x05\x66orce\x18\x04 \x01(\x08\"r\n\x16RequestUnlearningReply\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\trecord_id\x18\x02 \x01(\t\x12\x17\n\x0f\x61\x66\x66\x65\x63ted_models\x18\x03 \x03(\t\x12\x18\n\x10\x64iscovery_models\x18\x04 \x03(\t\"\'\n\x11GetRequestRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x89\x01\n\x0fGetRequestReply\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rforget_labels\x18\x02 \x03(\x05\x12&\n\x06models\x18\x03 \x03(\x0b\x32\x16.fiun.v1.ModelProgress\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\x12\x15\n\rsettings_json\x18\x05 \x01(\t\"\xd6\x01\n\rModelProgress\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x11\n\tdiscovery\x18\x02 \x01(\x08\x12\r\n\x05state\x18\x03 \x01(\t\x12\x13\n\x0bwhy_pending\x18\x04 \x01(\t\x12\x12\n\nold_digest\x18\x05 \x01(\t\x12\x12\n\nnew_digest\x18\x06 \x01(\t\x12\x13\n\x0breceived_at\x18\x07 \x01(\x01\x12\x12\n\napplied_at\x18\x08 \x01(\x01\x12\x1b\n\x13\x64iscovery_ancestors\x18\t \x03(\t\x12\x0e\n\x06reason\x18\n \x01(\t\")\n\x13ListReceiptsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"7\n\x11ListReceiptsReply\x12\"\n\x08receipts\x18\x01 \x03(\x0b\x32\x10.fiun.v1.Receipt\"\x99\x01\n\x07Receipt\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x12\n\nold_digest\x18\x03 \x01(\t\x12\x12\n\nnew_digest\x18\x04 \x01(\t\x12\x0e\n\x06signer\x18\x05 \x01(\t\x12\x11\n\trecord_id\x18\x06 \x01(\t\x12\r\n\x05state\x18\x07 \x01(\t\x12\x0e\n\x06reason\x18\x08 \x01(\t2\x85\x04\n\x0c\x41\x64minService\x12\x36\n\x06Status\x12\x16.fiun.v1.StatusRequest\x1a\x14.fiun.v1.StatusReply\x12H\n\x0cPublishModel\x12\x1c.fiun.v1.PublishModelRequest\x1a\x1a.fiun.v1.PublishModelReply\x12\x45\n\x0b\x45xportModel\x12\x1b.fiun.v1.ExportModelRequest\x1a\x19.fiun.v1.ExportModelReply\x12\x45\n\x0bListLineage\x12\x1b.fiun.v1.ListLineageRequest\x1a\x19.fiun.v1.ListLineageReply\x12W\n\x11RequestUnlearning\x12!.fiun.v1.RequestUnlearningRequest\x1a\x1f.fiun.v1.RequestUnlearningReply\x12\x42\n\nGetRequest\x12\x1a.fiun.v1.GetRequestRequest\x1a\x18.fiun.v1.GetRequestReply\x12H\n\x0cListReceipts\x12\x1c.fiun.v1.ListReceiptsRequest\x1a\x1a.fiun.v1.ListReceiptsReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x66iun/v1/admin.proto\x12\x07\x66iun.v1\"\x0f\n\rStatusRequest\"\xa5\x02\n\x0bStatusReply\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07peer_id\x18\x02 \x01(\t\x12\x12\n\npublic_key\x18\x03 \x01(\t\x12\x14\n\x0cgrpc_address\x18\x04 \x01(\t\x12\x15\n\rp2p_addresses\x18\x05 \x03(\t\x12\x17\n\x0f\x63onnected_peers\x18\x06 \x01(\r\x12\x0f\n\x07records\x18\x07 \x01(\r\x12\x0e\n\x06models\x18\x08 \x03(\t\x12\x34\n\x08\x63ounters\x18\t \x03(\x0b\x32\".fiun.v1.StatusReply.CountersEntry\x12\x15\n\radmin_address\x18\n \x01(\t\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"M\n\x06Parent\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x10\n\x08relation\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\r\"\xc7\x01\n\x13PublishModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07weights\x18\x02 \x01(\x0c\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12 \n\x07parents\x18\x04 \x03(\x0b\x32\x0f.fiun.v1.Parent\x12\x0e\n\x06labels\x18\x05 \x03(\x05\x12\x19\n\x11\x61rchitecture_json\x18\x06 \x01(\t\x12\x14\n\x0chead_tensors\x18\x07 \x03(\t\x12\x0e\n\x06\x66ormat\x18\x08 \x01(\t\x12\x0c\n\x04head\x18\t \x01(\t\"p\n\x11PublishModelReply\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x14\n\x0cmodel_digest\x18\x02 \x01(\t\x12\x11\n\trecord_id\x18\x03 \x01(\t\x12 \n\x07parents\x18\x04 \x03(\x0b\x32\x0f.fiun.v1.Parent\"M\n\x12\x45xportModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x14\n\x0cmodel_digest\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\r\"\x87\x01\n\x10\x45xportModelReply\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x14\n\x0cmodel_digest\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\r\x12\x0f\n\x07weights\x18\x04 \x01(\x0c\x12\x0e\n\x06\x66ormat\x18\x05 \x01(\t\x12\x19\n\x11\x61rchitecture_json\x18\x06 \x01(\t\"\x14\n\x12ListLineageRequest\"9\n\x10ListLineageReply\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.fiun.v1.LineageEntry\"\x88\x01\n\x0cLineageEntry\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x14\n\x0cmodel_digest\x18\x02 \x01(\t\x12 \n\x07parents\x18\x03 \x03(\x0b\x32\x0f.fiun.v1.Parent\x12\x0e\n\x06labels\x18\x04 \x03(\x05\x12\r\n\x05owner\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\r\"k\n\x18RequestUnlearningRequest\x12\x15\n\rforget_labels\x18\x01 \x03(\x05\x12\x15\n\rsettings_json\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\r\n\x05\x66orce\x18\x04 \x01(\x08\"r\n\x16RequestUnlearningReply\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\trecord_id\x18\x02 \x01(\t\x12\x17\n\x0f\x61\x66\x66\x65\x63ted_models\x18\x03 \x03(\t\x12\x18\n\x10\x64iscovery_models\x18\x04 \x03(\t\"\'\n\x11GetRequestRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x89\x01\n\x0fGetRequestReply\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rforget_labels\x18\x02 \x03(\x05\x12&\n\x06models\x18\x03 \x03(\x0b\x32\x16.fiun.v1.ModelProgress\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\x12\x15\n\rsettings_json\x18\x05 \x01(\t\"\xd6\x01\n\rModelProgress\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x11\n\tdiscovery\x18\x02 \x01(\x08\x12\r\n\x05state\x18\x03 \x01(\t\x12\x13\n\x0bwhy_pending\x18\x04 \x01(\t\x12\x12\n\nold_digest\x18\x05 \x01(\t\x12\x12\n\nnew_digest\x18\x06 \x01(\t\x12\x13\n\x0breceived_at\x18\x07 \x01(\x01\x12\x12\n\napplied_at\x18\x08 \x01(\x01\x12\x1b\n\x13\x64iscovery_ancestors\x18\t \x03(\t\x12\x0e\n\x06reason\x18\n \x01(\t\")\n\x13ListReceiptsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"7\n\x11ListReceiptsReply\x12\"\n\x08receipts\x18\x01 \x03(\x0b\x32\x10.fiun.v1.Receipt\"\x99\x01\n\x07Receipt\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x12\n\nold_digest\x18\x03 \x01(\t\x12\x12\n\nnew_digest\x18\x04 \x01(\t\x12\x0e\n\x06signer\x18\x05 \x01(\t\x12\x11\n\trecord_id\x18\x06 \x01(\t\x12\r\n\x05state\x18\x07 \x01(\t\x12\x0e\n\x06reason\x18\x08 \x01(\t2\x85\x04\n\x0c\x41\x64minService\x12\x36\n\x06Status\x12\x16.fiun.v1.StatusRequest\x1a\x14.fiun.v1.StatusReply\x12H\n\x0cPublishModel\x12\x1c.fiun.v1.PublishModelRequest\x1a\x1a.fiun.v1.PublishModelReply\x12\x45\n\x0b\x45xportModel\x12\x1b.fiun.v1.ExportModelRequest\x1a\x19.fiun.v1.ExportModelReply\x12\x45\n\x0bListLineage\x12\x1b.fiun.v1.ListLineageRequest\x1a\x19.fiun.v1.ListLineageReply\x12W\n\x11RequestUnlearning\x12!.fiun.v1.RequestUnlearningRequest\x1a\x1f.fiun.v1.RequestUnlearningReply\x12\x42\n\nGetRequest\x12\x1a.fiun.v1.GetRequestRequest\x1a\x18.fiun.v1.GetRequestReply\x12H\n\x0cListReceipts\x12\x1c.fiun.v1.ListReceiptsRequest\x1a\x1a.fiun.v1.ListReceiptsReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,35 +42,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PARENT']._serialized_start=345
   _globals['_PARENT']._serialized_end=422
   _globals['_PUBLISHMODELREQUEST']._serialized_start=425
-  _globals['_PUBLISHMODELREQUEST']._serialized_end=594
-  _globals['_PUBLISHMODELREPLY']._serialized_start=596
-  _globals['_PUBLISHMODELREPLY']._serialized_end=708
-  _globals['_EXPORTMODELREQUEST']._serialized_start=710
-  _globals['_EXPORTMODELREQUEST']._serialized_end=787
-  _globals['_EXPORTMODELREPLY']._serialized_start=789
-  _globals['_EXPORTMODELREPLY']._serialized_end=881
-  _globals['_LISTLINEAGEREQUEST']._serialized_start=883
-  _globals['_LISTLINEAGEREQUEST']._serialized_end=903
-  _globals['_LISTLINEAGEREPLY']._serialized_start=905
-  _globals['_LISTLINEAGEREPLY']._serialized_end=962
-  _globals['_LINEAGEENTRY']._serialized_start=965
-  _globals['_LINEAGEENTRY']._serialized_end=1101
-  _globals['_REQUESTUNLEARNINGREQUEST']._serialized_start=1103
-  _globals['_REQUESTUNLEARNINGREQUEST']._serialized_end=1210
-  _globals['_REQUESTUNLEARNINGREPLY']._serialized_start=1212
-  _globals['_REQUESTUNLEARNINGREPLY']._serialized_end=1326
-  _globals['_GETREQUESTREQUEST']._serialized_start=1328
-  _globals['_GETREQUESTREQUEST']._serialized_end=1367
-  _globals['_GETREQUESTREPLY']._serialized_start=1370
-  _globals['_GETREQUESTREPLY']._serialized_end=1507
-  _globals['_MODELPROGRESS']._serialized_start=1510
-  _globals['_MODELPROGRESS']._serialized_end=1724
-  _globals['_LISTRECEIPTSREQUEST']._serialized_start=1726
-  _globals['_LISTRECEIPTSREQUEST']._serialized_end=1767
-  _globals['_LISTRECEIPTSREPLY']._serialized_start=1769
-  _globals['_LISTRECEIPTSREPLY']._serialized_end=1824
-  _globals['_RECEIPT']._serialized_start=1827
-  _globals['_RECEIPT']._serialized_end=1980
-  _globals['_ADMINSERVICE']._serialized_start=1983
-  _globals['_ADMINSERVICE']._serialized_end=2500
+  _globals['_PUBLISHMODELREQUEST']._serialized_end=624
+  _globals['_PUBLISHMODELREPLY']._serialized_start=626
+  _globals['_PUBLISHMODELREPLY']._serialized_end=738
+  _globals['_EXPORTMODELREQUEST']._serialized_start=740
+  _globals['_EXPORTMODELREQUEST']._serialized_end=817
+  _globals['_EXPORTMODELREPLY']._serialized_start=820
+  _globals['_EXPORTMODELREPLY']._serialized_end=955
+  _globals['_LISTLINEAGEREQUEST']._serialized_start=957
+  _globals['_LISTLINEAGEREQUEST']._serialized_end=977
+  _globals['_LISTLINEAGEREPLY']._serialized_start=979
+  _globals['_LISTLINEAGEREPLY']._serialized_end=1036
+  _globals['_LINEAGEENTRY']._serialized_start=1039
+  _globals['_LINEAGEENTRY']._serialized_end=1175
+  _globals['_REQUESTUNLEARNINGREQUEST']._serialized_start=1177
+  _globals['_REQUESTUNLEARNINGREQUEST']._serialized_end=1284
+  _globals['_REQUESTUNLEARNINGREPLY']._serialized_start=1286
+  _globals['_REQUESTUNLEARNINGREPLY']._serialized_end=1400
+  _globals['_GETREQUESTREQUEST']._serialized_start=1402
+  _globals['_GETREQUESTREQUEST']._serialized_end=1441
+  _globals['_GETREQUESTREPLY']._serialized_start=1444
+  _globals['_GETREQUESTREPLY']._serialized_end=1581
+  _globals['_MODELPROGRESS']._serialized_start=1584
+  _globals['_MODELPROGRESS']._serialized_end=1798
+  _globals['_LISTRECEIPTSREQUEST']._serialized_start=1800
+  _globals['_LISTRECEIPTSREQUEST']._serialized_end=1841
+  _globals['_LISTRECEIPTSREPLY']._serialized_start=1843
+  _globals['_LISTRECEIPTSREPLY']._serialized_end=1898
+  _globals['_RECEIPT']._serialized_start=1901
+  _globals['_RECEIPT']._serialized_end=2054
+  _globals['_ADMINSERVICE']._serialized_start=2057
+  _globals['_ADMINSERVICE']._serialized_end=2574
 # @@protoc_insertion_point(module_scope)

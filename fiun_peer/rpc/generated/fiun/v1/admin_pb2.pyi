@@ -54,7 +54,7 @@ class Parent(_message.Message):
     def __init__(self, model_id: _Optional[str] = ..., relation: _Optional[str] = ..., digest: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class PublishModelRequest(_message.Message):
-    __slots__ = ("model_id", "weights", "data", "parents", "labels", "architecture_json", "head_tensors")
+    __slots__ = ("model_id", "weights", "data", "parents", "labels", "architecture_json", "head_tensors", "format", "head")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
@@ -62,6 +62,8 @@ class PublishModelRequest(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_JSON_FIELD_NUMBER: _ClassVar[int]
     HEAD_TENSORS_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    HEAD_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     weights: bytes
     data: bytes
@@ -69,7 +71,9 @@ class PublishModelRequest(_message.Message):
     labels: _containers.RepeatedScalarFieldContainer[int]
     architecture_json: str
     head_tensors: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model_id: _Optional[str] = ..., weights: _Optional[bytes] = ..., data: _Optional[bytes] = ..., parents: _Optional[_Iterable[_Union[Parent, _Mapping]]] = ..., labels: _Optional[_Iterable[int]] = ..., architecture_json: _Optional[str] = ..., head_tensors: _Optional[_Iterable[str]] = ...) -> None: ...
+    format: str
+    head: str
+    def __init__(self, model_id: _Optional[str] = ..., weights: _Optional[bytes] = ..., data: _Optional[bytes] = ..., parents: _Optional[_Iterable[_Union[Parent, _Mapping]]] = ..., labels: _Optional[_Iterable[int]] = ..., architecture_json: _Optional[str] = ..., head_tensors: _Optional[_Iterable[str]] = ..., format: _Optional[str] = ..., head: _Optional[str] = ...) -> None: ...
 
 class PublishModelReply(_message.Message):
     __slots__ = ("model_id", "model_digest", "record_id", "parents")
@@ -94,16 +98,20 @@ class ExportModelRequest(_message.Message):
     def __init__(self, model_id: _Optional[str] = ..., model_digest: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class ExportModelReply(_message.Message):
-    __slots__ = ("model_id", "model_digest", "version", "weights")
+    __slots__ = ("model_id", "model_digest", "version", "weights", "format", "architecture_json")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_DIGEST_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    ARCHITECTURE_JSON_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     model_digest: str
     version: int
     weights: bytes
-    def __init__(self, model_id: _Optional[str] = ..., model_digest: _Optional[str] = ..., version: _Optional[int] = ..., weights: _Optional[bytes] = ...) -> None: ...
+    format: str
+    architecture_json: str
+    def __init__(self, model_id: _Optional[str] = ..., model_digest: _Optional[str] = ..., version: _Optional[int] = ..., weights: _Optional[bytes] = ..., format: _Optional[str] = ..., architecture_json: _Optional[str] = ...) -> None: ...
 
 class ListLineageRequest(_message.Message):
     __slots__ = ()

@@ -41,28 +41,37 @@ class AdminServiceStub:
     Status: _grpc.UnaryUnaryMultiCallable[_admin_pb2.StatusRequest, _admin_pb2.StatusReply]
     """Status reports who this peer is, how it is connected and what it holds."""
     PublishModel: _grpc.UnaryUnaryMultiCallable[_admin_pb2.PublishModelRequest, _admin_pb2.PublishModelReply]
-    """PublishModel registers a model version owned by this peer: it stores the weights and the
-    owner's data, computes the model Fisher on that data, signs a lineage record and gossips it.
-    The weights and the data never leave this peer except through ExportModel (weights only); the
-    lineage record names the weights' digest but not the data's. Each parent is signed with the
-    parent version the model derived from (`Parent.digest` or `Parent.version`; neither: the
-    parent's current version as this peer knows it); the reply says which. A request that version
-    had already applied does not concern the model through that parent. INVALID_ARGUMENT, with
-    nothing stored and nothing signed, when the id is taken or malformed, a parent is named twice,
-    a parent's digest and version disagree, the architecture is not a zoo model or is
-    over the size bounds (at most 262,144 input numbers and 262,144 numbers in any layer's output
-    per sample, 67,108,864 parameters, 10,000 classes; checked before any tensor is allocated),
-    the weights do not match it exactly (names, shapes, dtypes) or hold NaN or Inf, the data is
-    not float32 inputs of `in_shape` with finite values and labels inside the head (at most
-    1,000,000 samples), or the data holds labels outside `labels`. FAILED_PRECONDITION, with
-    nothing stored, when a parent, or the parent version named, is unknown to this peer (its
-    lineage record, or the receipt that made that version, has not arrived yet): the same call
-    may succeed once it has (`fiun-peer admin publish --wait-parents` retries).
+    """PublishModel registers a model version owned by this peer: it stores the model artifact and
+    the owner's data, computes the model Fisher on that data, signs a lineage record and gossips
+    it. The artifact and the data never leave this peer except through ExportModel (the artifact
+    only); the lineage record names the artifact's digest but not the data's. A model comes in one
+    of four formats (`format`): zoo, torch-export, torchvision or hf; each is loaded without
+    running code from the artifact. Each parent is signed with the parent version the model
+    derived from (`Parent.digest` or `Parent.version`; neither: the parent's current version as
+    this peer knows it); the reply says which. A request that version had already applied does
+    not concern the model through that parent. INVALID_ARGUMENT, with nothing stored and nothing
+    signed, when the id is taken or malformed, a parent is named twice, a parent's digest and
+    version disagree, the format is unknown, the artifact needs code execution (a
+    pickle, remote code, a .pt2 with anything but plain tensors and ATen operators), the head is
+    missing, not a Linear layer or not the layer that produces the logits, the weights do not
+    match the architecture exactly (names, shapes, dtypes) or hold NaN or Inf, the data does not
+    fit the model (shape, dtype, token ids, finite values, labels inside the head; at most
+    1,000,000 samples), the data holds labels outside `labels`, or the model is over the size
+    bounds. Zoo models: at most 262,144 input numbers and 262,144 numbers in any layer's output
+    per sample, 67,108,864 parameters, 10,000 classes, checked before any tensor is allocated.
+    Other formats: artifacts up to 384 MiB and 134,217,728 parameters (counted before the model
+    is built for real where the format allows), at most 1,048,576 input numbers (or 8,192 tokens)
+    and 16,777,216 numbers in any layer's output per sample. FAILED_PRECONDITION, with nothing
+    stored, when a parent, or the parent version named, is unknown to this peer (its lineage
+    record, or the receipt that made that version, has not arrived yet): the same call may
+    succeed once it has (`fiun-peer admin publish --wait-parents` retries).
     """
     ExportModel: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ExportModelRequest, _admin_pb2.ExportModelReply]
-    """ExportModel returns the weights of a version of a model this peer owns: the current version,
+    """ExportModel returns the artifact of a version of a model this peer owns: the current version,
     or the one named by `model_digest` or `version`. This is how an owner gets the new versions
-    unlearning makes; peers cannot fetch weights (FisherService serves Fishers only). NOT_FOUND
+    unlearning makes (a new version is stored as its new head only, and the whole artifact is
+    rebuilt here and checked against its digest); peers cannot fetch weights (FisherService
+    serves Fishers only). NOT_FOUND
     when this peer does not own the model or the model has no such version; INVALID_ARGUMENT for
     a malformed id or digest, or both a digest and a version.
     """
@@ -98,28 +107,37 @@ class AdminServiceAsyncStub(AdminServiceStub):
     Status: _aio.UnaryUnaryMultiCallable[_admin_pb2.StatusRequest, _admin_pb2.StatusReply]  # type: ignore[assignment]
     """Status reports who this peer is, how it is connected and what it holds."""
     PublishModel: _aio.UnaryUnaryMultiCallable[_admin_pb2.PublishModelRequest, _admin_pb2.PublishModelReply]  # type: ignore[assignment]
-    """PublishModel registers a model version owned by this peer: it stores the weights and the
-    owner's data, computes the model Fisher on that data, signs a lineage record and gossips it.
-    The weights and the data never leave this peer except through ExportModel (weights only); the
-    lineage record names the weights' digest but not the data's. Each parent is signed with the
-    parent version the model derived from (`Parent.digest` or `Parent.version`; neither: the
-    parent's current version as this peer knows it); the reply says which. A request that version
-    had already applied does not concern the model through that parent. INVALID_ARGUMENT, with
-    nothing stored and nothing signed, when the id is taken or malformed, a parent is named twice,
-    a parent's digest and version disagree, the architecture is not a zoo model or is
-    over the size bounds (at most 262,144 input numbers and 262,144 numbers in any layer's output
-    per sample, 67,108,864 parameters, 10,000 classes; checked before any tensor is allocated),
-    the weights do not match it exactly (names, shapes, dtypes) or hold NaN or Inf, the data is
-    not float32 inputs of `in_shape` with finite values and labels inside the head (at most
-    1,000,000 samples), or the data holds labels outside `labels`. FAILED_PRECONDITION, with
-    nothing stored, when a parent, or the parent version named, is unknown to this peer (its
-    lineage record, or the receipt that made that version, has not arrived yet): the same call
-    may succeed once it has (`fiun-peer admin publish --wait-parents` retries).
+    """PublishModel registers a model version owned by this peer: it stores the model artifact and
+    the owner's data, computes the model Fisher on that data, signs a lineage record and gossips
+    it. The artifact and the data never leave this peer except through ExportModel (the artifact
+    only); the lineage record names the artifact's digest but not the data's. A model comes in one
+    of four formats (`format`): zoo, torch-export, torchvision or hf; each is loaded without
+    running code from the artifact. Each parent is signed with the parent version the model
+    derived from (`Parent.digest` or `Parent.version`; neither: the parent's current version as
+    this peer knows it); the reply says which. A request that version had already applied does
+    not concern the model through that parent. INVALID_ARGUMENT, with nothing stored and nothing
+    signed, when the id is taken or malformed, a parent is named twice, a parent's digest and
+    version disagree, the format is unknown, the artifact needs code execution (a
+    pickle, remote code, a .pt2 with anything but plain tensors and ATen operators), the head is
+    missing, not a Linear layer or not the layer that produces the logits, the weights do not
+    match the architecture exactly (names, shapes, dtypes) or hold NaN or Inf, the data does not
+    fit the model (shape, dtype, token ids, finite values, labels inside the head; at most
+    1,000,000 samples), the data holds labels outside `labels`, or the model is over the size
+    bounds. Zoo models: at most 262,144 input numbers and 262,144 numbers in any layer's output
+    per sample, 67,108,864 parameters, 10,000 classes, checked before any tensor is allocated.
+    Other formats: artifacts up to 384 MiB and 134,217,728 parameters (counted before the model
+    is built for real where the format allows), at most 1,048,576 input numbers (or 8,192 tokens)
+    and 16,777,216 numbers in any layer's output per sample. FAILED_PRECONDITION, with nothing
+    stored, when a parent, or the parent version named, is unknown to this peer (its lineage
+    record, or the receipt that made that version, has not arrived yet): the same call may
+    succeed once it has (`fiun-peer admin publish --wait-parents` retries).
     """
     ExportModel: _aio.UnaryUnaryMultiCallable[_admin_pb2.ExportModelRequest, _admin_pb2.ExportModelReply]  # type: ignore[assignment]
-    """ExportModel returns the weights of a version of a model this peer owns: the current version,
+    """ExportModel returns the artifact of a version of a model this peer owns: the current version,
     or the one named by `model_digest` or `version`. This is how an owner gets the new versions
-    unlearning makes; peers cannot fetch weights (FisherService serves Fishers only). NOT_FOUND
+    unlearning makes (a new version is stored as its new head only, and the whole artifact is
+    rebuilt here and checked against its digest); peers cannot fetch weights (FisherService
+    serves Fishers only). NOT_FOUND
     when this peer does not own the model or the model has no such version; INVALID_ARGUMENT for
     a malformed id or digest, or both a digest and a version.
     """
@@ -164,23 +182,30 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.PublishModelRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.PublishModelReply, _abc.Awaitable[_admin_pb2.PublishModelReply]]:
-        """PublishModel registers a model version owned by this peer: it stores the weights and the
-        owner's data, computes the model Fisher on that data, signs a lineage record and gossips it.
-        The weights and the data never leave this peer except through ExportModel (weights only); the
-        lineage record names the weights' digest but not the data's. Each parent is signed with the
-        parent version the model derived from (`Parent.digest` or `Parent.version`; neither: the
-        parent's current version as this peer knows it); the reply says which. A request that version
-        had already applied does not concern the model through that parent. INVALID_ARGUMENT, with
-        nothing stored and nothing signed, when the id is taken or malformed, a parent is named twice,
-        a parent's digest and version disagree, the architecture is not a zoo model or is
-        over the size bounds (at most 262,144 input numbers and 262,144 numbers in any layer's output
-        per sample, 67,108,864 parameters, 10,000 classes; checked before any tensor is allocated),
-        the weights do not match it exactly (names, shapes, dtypes) or hold NaN or Inf, the data is
-        not float32 inputs of `in_shape` with finite values and labels inside the head (at most
-        1,000,000 samples), or the data holds labels outside `labels`. FAILED_PRECONDITION, with
-        nothing stored, when a parent, or the parent version named, is unknown to this peer (its
-        lineage record, or the receipt that made that version, has not arrived yet): the same call
-        may succeed once it has (`fiun-peer admin publish --wait-parents` retries).
+        """PublishModel registers a model version owned by this peer: it stores the model artifact and
+        the owner's data, computes the model Fisher on that data, signs a lineage record and gossips
+        it. The artifact and the data never leave this peer except through ExportModel (the artifact
+        only); the lineage record names the artifact's digest but not the data's. A model comes in one
+        of four formats (`format`): zoo, torch-export, torchvision or hf; each is loaded without
+        running code from the artifact. Each parent is signed with the parent version the model
+        derived from (`Parent.digest` or `Parent.version`; neither: the parent's current version as
+        this peer knows it); the reply says which. A request that version had already applied does
+        not concern the model through that parent. INVALID_ARGUMENT, with nothing stored and nothing
+        signed, when the id is taken or malformed, a parent is named twice, a parent's digest and
+        version disagree, the format is unknown, the artifact needs code execution (a
+        pickle, remote code, a .pt2 with anything but plain tensors and ATen operators), the head is
+        missing, not a Linear layer or not the layer that produces the logits, the weights do not
+        match the architecture exactly (names, shapes, dtypes) or hold NaN or Inf, the data does not
+        fit the model (shape, dtype, token ids, finite values, labels inside the head; at most
+        1,000,000 samples), the data holds labels outside `labels`, or the model is over the size
+        bounds. Zoo models: at most 262,144 input numbers and 262,144 numbers in any layer's output
+        per sample, 67,108,864 parameters, 10,000 classes, checked before any tensor is allocated.
+        Other formats: artifacts up to 384 MiB and 134,217,728 parameters (counted before the model
+        is built for real where the format allows), at most 1,048,576 input numbers (or 8,192 tokens)
+        and 16,777,216 numbers in any layer's output per sample. FAILED_PRECONDITION, with nothing
+        stored, when a parent, or the parent version named, is unknown to this peer (its lineage
+        record, or the receipt that made that version, has not arrived yet): the same call may
+        succeed once it has (`fiun-peer admin publish --wait-parents` retries).
         """
 
     @_abc_1.abstractmethod
@@ -189,9 +214,11 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.ExportModelRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ExportModelReply, _abc.Awaitable[_admin_pb2.ExportModelReply]]:
-        """ExportModel returns the weights of a version of a model this peer owns: the current version,
+        """ExportModel returns the artifact of a version of a model this peer owns: the current version,
         or the one named by `model_digest` or `version`. This is how an owner gets the new versions
-        unlearning makes; peers cannot fetch weights (FisherService serves Fishers only). NOT_FOUND
+        unlearning makes (a new version is stored as its new head only, and the whole artifact is
+        rebuilt here and checked against its digest); peers cannot fetch weights (FisherService
+        serves Fishers only). NOT_FOUND
         when this peer does not own the model or the model has no such version; INVALID_ARGUMENT for
         a malformed id or digest, or both a digest and a version.
         """
