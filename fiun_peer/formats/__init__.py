@@ -20,17 +20,19 @@ format name and the head's tensor names; the head's shapes are those of the anno
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import import_module
 from typing import Any
 
 import torch
 
 from ..core.fisher import num_samples
 from ..validate import PublishError
+from . import hf, torch_export, torchvision, zoo
 from .base import Classifier, FormatError, Inputs
 
 FORMATS = ("zoo", "torch-export", "torchvision", "hf")
-_MODULES = {"zoo": "zoo", "torch-export": "torch_export", "torchvision": "torchvision", "hf": "hf"}
+# Imported statically: each format module imports its framework (torchvision, transformers) only
+# when a model of that format is loaded, so the registry costs nothing on a daemon without extras.
+_MODULES = {"zoo": zoo, "torch-export": torch_export, "torchvision": torchvision, "hf": hf}
 
 __all__ = ["FORMATS", "Classifier", "FormatError", "Publication", "load", "prepare"]
 
@@ -38,7 +40,7 @@ __all__ = ["FORMATS", "Classifier", "FormatError", "Publication", "load", "prepa
 def _module(name: str):  # noqa: ANN202 -- the format's module
     if name not in _MODULES:
         raise FormatError(f"unknown model format {str(name)[:40]!r}; expected one of {', '.join(FORMATS)}")
-    return import_module(f"{__name__}.{_MODULES[name]}")
+    return _MODULES[name]
 
 
 @dataclass
