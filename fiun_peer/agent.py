@@ -1,8 +1,8 @@
 """The peer's behaviour: one Agent per peer, the one owner of peer state, on the trio loop.
 
-Flow (docs/architecture.md, "The flow of a request"): publish -> request -> locate -> discovery
-Fishers announced -> every affected peer pulls, merges, dampens -> receipts. The Agent wires the
-parts together and is what the daemon, the admin service and the tests call:
+Flow (docs/architecture.md): publish -> request -> locate -> discovery Fishers announced -> every
+affected peer pulls, merges, dampens -> receipts. The Agent wires the parts together and is what
+the daemon, the admin service and the tests call:
 
 - ``fiun_peer.ledger``: records in (verify, authorize, store, defer, refuse), the indexes and the
   lineage view;
@@ -91,7 +91,8 @@ class Agent:
     def kick(self) -> None:
         self.reconciler.kick()
 
-    async def run(self, *, interval: float = 2.0, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, interval: float = 2.0,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         await self.reconciler.run(interval=interval, task_status=task_status)
 
     async def reconcile(self) -> None:

@@ -1,4 +1,4 @@
-"""The agent's errors, as the admin API tells them apart (docs/architecture.md, "Who owns what").
+"""The agent's errors, as the admin API tells them apart (docs/architecture.md).
 
 A caller's mistake (:class:`AgentError`), a call this peer cannot take *yet* (:class:`NotReady`) and
 something this peer does not hold (:class:`NotFound`) become INVALID_ARGUMENT, FAILED_PRECONDITION

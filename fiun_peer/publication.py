@@ -1,4 +1,4 @@
-"""Publishing an own model, and naming its versions (docs/architecture.md, "The flow of a request").
+"""Publishing an own model, and naming its versions (docs/architecture.md).
 
 Owns the publications still computing (so two calls cannot publish one id) and the rules for naming
 a parent version: by digest, by number, or the parent's current one, from the parent's receipt

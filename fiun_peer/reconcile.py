@@ -10,9 +10,9 @@ peer's own state (``fiun_peer.state``) and advances every (request, own model) p
                request already, issue 18)                           -> receipt
 
 Any record arriving, a timer, or a restart triggers a pass, so a crash at any point is repaired by
-simply running it again (docs/architecture.md, "The flow of a request"). Owns the pairs already
-settled, the trigger and the limit on Fisher pulls in flight. All arithmetic is ``fiun_peer.core``
-(via ``fiun_peer.unlearn``); this module only decides *when* to call it and moves bytes.
+simply running it again (docs/architecture.md). Owns the pairs already settled, the trigger and the
+limit on Fisher pulls in flight. All arithmetic is ``fiun_peer.core`` (via ``fiun_peer.unlearn``);
+this module only decides *when* to call it and moves bytes.
 """
 
 from __future__ import annotations
@@ -79,7 +79,8 @@ class Reconciler:
         """Run a pass soon (something changed)."""
         self._kick.set()
 
-    async def run(self, *, interval: float = 2.0, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, interval: float = 2.0,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """A pass when kicked, and at least every ``interval`` seconds, until cancelled."""
         task_status.started()
         while True:

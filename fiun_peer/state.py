@@ -1,7 +1,7 @@
 """The peer's own state in the store, typed: the one module that spells its keys.
 
 The store keeps JSON objects under string keys (``fiun_peer.store``); these are the ones the agent
-writes and metrics and the formats read (docs/architecture.md, "Who owns what"):
+writes and metrics and the formats read (docs/architecture.md):
 
 =================================  ==============================================================
 ``model:<model id>``               :class:`ModelState`: an own model's current version, its data
