@@ -13,8 +13,6 @@ import grpc
 
 from .agent import Agent, AgentError, NotFound, NotReady, ParentRef
 from .bridge import BridgeClosed, TrioBridge
-from .formats import versions
-from .policy import blob_refusal
 from .records import RecordError, receipt_state, sha256_hex
 from .rpc.generated.fiun.v1 import admin_pb2, admin_pb2_grpc
 from .tensors import TensorFileError
@@ -55,7 +53,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self._agent, self._bridge, self._status, self._watch = agent, bridge, status, watch
 
     def _count(self, name: str) -> None:
-        self._bridge.call_sync(self._agent.store.incr, name)
+        self._bridge.call_sync(self._agent.count, name)
 
     @_guard
     def Status(self, request, context):
@@ -85,40 +83,23 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         call = functools.partial(self._agent.export_target, request.model_id, digest=request.model_digest,
                                  version=request.version)
         digest, version = self._bridge.call_sync(call)
-        arch = self._bridge.call_sync(lambda: self._agent.view.first[request.model_id].predicate["architecture"])
-        store = self._agent.store
-        for part in versions.blob_digests(store, digest):   # a head-only version: its artifact and head
-            refusal = blob_refusal(store.blob_kinds(part), "owner", announced=False)
-            if refusal:  # e.g. a store migrated from before blob kinds that could not name this blob
-                raise NotFound(f"version {version} of {request.model_id} ({digest[:12]}): {refusal}")
-        try:  # read (and for a head-only version rebuilt) here, in the gRPC thread, not on the agent's loop
-            weights = versions.read_artifact(store, request.model_id, arch, digest)
-        except versions.VersionError as exc:
-            raise NotFound(f"version {version} of {request.model_id}: {exc}") from None
-        if sha256_hex(weights) != digest:  # not the caller's fault, and not to be handed out as if it were fine
+        arch = self._bridge.call_sync(functools.partial(self._agent.architecture, request.model_id))
+        # Read (and for a head-only version rebuilt) here, in the gRPC thread, not on the agent's loop.
+        export = self._agent.read_export(request.model_id, digest, version, arch)
+        if sha256_hex(export.weights) != digest:  # not the caller's fault, and not to be handed out as if it were fine
             context.abort(grpc.StatusCode.DATA_LOSS, f"version {version} of {request.model_id} ({digest[:12]}) "
                                                      "is damaged in this peer's store")
-        spec = versions.spec_of(store, request.model_id, arch)
         self._count("models_exported")
         return admin_pb2.ExportModelReply(model_id=request.model_id, model_digest=digest, version=version,
-                                          weights=weights, format=spec["format"],
-                                          architecture_json=json.dumps(spec.get("architecture") or {}, sort_keys=True))
+                                          weights=export.weights, format=export.format,
+                                          architecture_json=json.dumps(export.architecture, sort_keys=True))
 
     @_guard
     def ListLineage(self, request, context):
-        def collect():
-            v = self._agent.view
-            out = []
-            for m in v.umig.models():
-                first = v.first[m].predicate
-                out.append(admin_pb2.LineageEntry(
-                    model_id=m, model_digest=v.digest(m), labels=first["labels"], owner=v.owner(m) or "",
-                    version=v.umig.version(m),
-                    parents=[admin_pb2.Parent(model_id=p["model_id"], relation=p["relation"], digest=p["digest"],
-                                              version=v.version_of(p["model_id"], p["digest"]) or 0)
-                             for p in first["parents"]]))
-            return out
-        return admin_pb2.ListLineageReply(models=self._bridge.call_sync(collect))
+        entries = self._bridge.call_sync(self._agent.lineage)
+        return admin_pb2.ListLineageReply(models=[
+            admin_pb2.LineageEntry(**{**vars(e), "parents": [admin_pb2.Parent(**p) for p in e.parents]})
+            for e in entries])
 
     @_guard
     def RequestUnlearning(self, request, context):
@@ -154,10 +135,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def ListReceipts(self, request, context):
         def collect():
             out = []
-            for r in self._agent.store.records("receipt"):
+            for r in self._agent.receipts(request.request_id):
                 p = r.predicate
-                if request.request_id and p["request_id"] != request.request_id:
-                    continue
                 out.append(admin_pb2.Receipt(request_id=p["request_id"], model_id=p["model_id"],
                                              old_digest=p["old_digest"], new_digest=p["new_digest"],
                                              signer=r.signer, record_id=r.record_id, state=receipt_state(p),

@@ -177,7 +177,7 @@ async def _serve(home: Path, *, grpc_bind: str = "127.0.0.1:0", admin_bind: str 
                 "grpc_address": grpc_address, "admin_address": admin_address,
                 "p2p_addresses": node.listen_addrs if node else [],
                 "connected_peers": len(node.connected_peers()) if node and node.is_up else 0,
-                "records": store.record_count(), "models": agent.view.owned_by(identity.public_key_hex),
+                "records": store.record_count(), "models": agent.own_models(),
                 "counters": store.counters()}
 
     def on_push(envelope: bytes) -> tuple[bool, str, str]:

@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from . import state
 from .binds import host_port
 from .store import Store
 
@@ -71,21 +72,21 @@ class PeerCollector(Collector):
         yield GaugeMetricFamily("fiun_records_stored", "Signed records held in the store",
                                 value=self._store.record_count())
 
-        states = Counter(v.get("state", "pending") for v in self._store.states("req:").values())
+        states = Counter(v.get("state", "pending") for v in state.requests(self._store).values())
         by_state = GaugeMetricFamily("fiun_requests", "(unlearning request, own model) pairs by state",
                                      labels=["state"])
-        for state in ("pending", "applied"):
-            by_state.add_metric([state], states.pop(state, 0))
-        for state, n in sorted(states.items()):
-            by_state.add_metric([state], n)
+        for name in ("pending", "applied"):
+            by_state.add_metric([name], states.pop(name, 0))
+        for name, n in sorted(states.items()):
+            by_state.add_metric([name], n)
         yield by_state
         yield GaugeMetricFamily("fiun_requests_known", "Unlearning requests this peer has seen",
                                 value=self._store.record_count("request"))
 
         versions = GaugeMetricFamily("fiun_model_version", "Current version of each model this peer owns",
                                      labels=["model"])
-        for key, value in sorted(self._store.states("model:").items()):
-            versions.add_metric([key[len("model:"):]], value.get("version", 0))
+        for model_id, value in sorted(state.models(self._store).items()):
+            versions.add_metric([model_id], value.get("version", 0))
         yield versions
 
         if self._gossip is not None:

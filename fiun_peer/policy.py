@@ -1,4 +1,4 @@
-"""Who may say what, and which Fisher a peer will merge: the rules every peer applies on ingest.
+"""Who may say what: the rules every peer applies on ingest, and which blobs leave the peer.
 
 A record that verifies (``fiun_peer.records``) is still only *a claim by its signer*. These rules
 decide whether the signer is entitled to make it, from the records a peer already holds:
@@ -16,17 +16,15 @@ A refusal is *deferred* when it may become acceptable as more records arrive (th
 the request has not reached this peer yet); anti-entropy sync offers the record again later.
 
 Which stored blobs leave the peer, and to whom, is decided here too (:func:`blob_refusal`), in one
-place for the blob service and the admin export.
+place for the blob service and the admin export. Whether a pulled Fisher fits a model's head is a
+per-model step (``fiun_peer.unlearn.fisher_problem``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from torch import Tensor
-
-from .core.fiun import check_fisher
 from .lineage import LineageView
 from .records import NOT_AFFECTED, Record, is_digest, receipt_state
 
@@ -174,22 +172,4 @@ def blob_refusal(kinds: Iterable[str], reader: str, *, announced: bool) -> str:
             return f"this peer does not serve {kind.replace('_', ' ')} blobs {who}"
     if "fisher" in kinds and reader == "peer" and not announced:
         return "this peer serves only Fishers named in a Fisher announcement"
-    return ""
-
-
-def fisher_problem(fisher: Mapping[str, Tensor], expected: Mapping[str, Tensor]) -> str:
-    """Why a pulled unlearning Fisher cannot be merged into this peer's head, or "" when it can:
-    same tensor names, shapes and dtypes as the receiver's own model Fisher, finite, non-negative."""
-    if set(fisher) != set(expected):
-        return f"tensors {sorted(fisher)} do not match this model's head {sorted(expected)}"
-    for k in sorted(expected):
-        got, want = fisher[k], expected[k]
-        if tuple(got.shape) != tuple(want.shape):
-            return f"{k} has shape {list(got.shape)}, this model's head needs {list(want.shape)}"
-        if got.dtype != want.dtype:
-            return f"{k} has dtype {got.dtype}, this model's head needs {want.dtype}"
-    try:  # in sorted order: safetensors hands tensors back in no fixed order, and the reason must not vary
-        check_fisher({k: fisher[k] for k in sorted(fisher)}, name="Fisher")
-    except ValueError as exc:
-        return str(exc)
     return ""

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .core.fisher import Fisher, find_head, take
-from .core.fiun import FIUnSettings, fiun_update, label_mask, model_fisher, unlearning_fisher
+from .core.fiun import FIUnSettings, check_fisher, fiun_update, label_mask, model_fisher, unlearning_fisher
 from .formats.base import Classifier, Inputs, ModuleClassifier
 
 Model = nn.Module | Classifier
@@ -51,6 +51,24 @@ def node_unlearning_fisher(model: Model, x: Inputs, y: Tensor, forget_labels: Se
     mask = label_mask(y, forget_labels)
     return unlearning_fisher(c.features(take(x, mask)), c.weight, c.bias, torch.as_tensor(y)[mask], forget_labels,
                              settings)
+
+
+def fisher_problem(fisher: Mapping[str, Tensor], expected: Mapping[str, Tensor]) -> str:
+    """Why a pulled unlearning Fisher cannot be merged into this peer's head, or "" when it can:
+    same tensor names, shapes and dtypes as the receiver's own model Fisher, finite, non-negative."""
+    if set(fisher) != set(expected):
+        return f"tensors {sorted(fisher)} do not match this model's head {sorted(expected)}"
+    for k in sorted(expected):
+        got, want = fisher[k], expected[k]
+        if tuple(got.shape) != tuple(want.shape):
+            return f"{k} has shape {list(got.shape)}, this model's head needs {list(want.shape)}"
+        if got.dtype != want.dtype:
+            return f"{k} has dtype {got.dtype}, this model's head needs {want.dtype}"
+    try:  # in sorted order: safetensors hands tensors back in no fixed order, and the reason must not vary
+        check_fisher({k: fisher[k] for k in sorted(fisher)}, name="Fisher")
+    except ValueError as exc:
+        return str(exc)
+    return ""
 
 
 def apply_fiun_head(model: Model, own_model_fisher: Mapping[str, Tensor],

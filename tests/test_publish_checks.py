@@ -178,7 +178,7 @@ def test_an_own_model_from_before_issue_14_still_finds_its_data(tmp_path) -> Non
         legacy = R.sign_statement(me, R.LINEAGE_V1, "model:old", weights_digest, predicate)
         assert agent.ingest(legacy.envelope, source="test")[2] == "accepted"
         store.put_state("model:old", {"digest": weights_digest, "version": 1, "original": weights_digest})
-        assert agent._data_digest("old") == data_digest
+        assert agent.models.data_digest("old") == data_digest
 
 
 def test_a_parent_version_this_peer_does_not_know_is_refused_and_leaves_nothing(host, stub) -> None:

@@ -47,7 +47,7 @@ def test_a_pass_with_no_request_leaves_the_lineage_view_unbuilt(tmp_path: Path) 
         for rec in (lineage(ME, "m0", [0]), lineage(OTHER, "m1", [1])):
             assert a.ingest(rec.envelope, source="test")[2] == "accepted"
             trio.run(a.reconcile)
-            assert a._view is None
+            assert a.ledger._view is None
         assert a.view.owned_by(ME.public_key_hex) == ["m0"]
 
 
@@ -71,7 +71,7 @@ def test_requests_outside_a_models_subgraph_are_looked_at_once(agent: Agent, mon
 def test_an_applied_request_is_settled_once_its_receipt_is_ours(agent: Agent, monkeypatch) -> None:
     rec = R.build_request(OTHER, request_id="r9", forget_labels=[2], settings={})
     assert agent.ingest(rec.envelope, source="test")[2] == "accepted"
-    # As the apply step leaves it (fiun_peer.agent.Agent._apply), the receipt not yet sent: a crash.
+    # As the apply step leaves it (fiun_peer.reconcile.Reconciler._apply), the receipt not yet sent: a crash.
     new = d("m2-v2")
     agent.store.put_state("req:r9:m2", {"state": "applied", "old": d("m2-v1"), "new": new, "version": 2})
     agent.store.put_state("model:m2", {"digest": new, "version": 2})
@@ -121,7 +121,7 @@ def test_a_model_outside_a_request_says_so_once_and_is_settled(agent: Agent, mon
     assert f"m1 v2 ({d('m1-v2')[:12]})" in p["reason"] and "none of [1]" in p["reason"]
     assert agent.store.has_record(spared.record_id)          # our own peer accepted it too
     assert agent.store.get_state("req:r1:m3")["state"] == "not_affected"
-    assert ("r1", "m3") in agent._settled and ("r1", "m2") not in agent._settled
+    assert ("r1", "m3") in agent.reconciler._settled and ("r1", "m2") not in agent.reconciler._settled
     by = {x.model_id: x for x in agent.request_progress("r1")[1]}
     assert (by["m3"].state, by["m3"].reason, by["m2"].state) == ("not_affected", p["reason"], "pending")
     reads = _state_reads(agent, monkeypatch)
@@ -161,4 +161,4 @@ def test_the_reason_of_an_aggregate_of_many_clean_parents_fits_a_receipt(agent: 
     trio.run(agent.reconcile)
     (spared,) = [r for r in sent if r.kind == "receipt" and r.predicate["model_id"] == "agg"]
     assert len(spared.predicate["reason"]) == R.MAX_REASON and spared.predicate["reason"].endswith("...")
-    assert agent.store.has_record(spared.record_id) and ("r1", "agg") in agent._settled
+    assert agent.store.has_record(spared.record_id) and ("r1", "agg") in agent.reconciler._settled

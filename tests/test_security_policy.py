@@ -105,7 +105,7 @@ def test_announcements_only_from_the_owner_of_a_discovery_model(agent: Agent) ->
     assert ingest(agent, announcement(MALLORY, "g")) == "not_owner"
     assert ingest(agent, announcement(BOB, "a")) == "not_discovery"            # a's data holds no label 3
     assert ingest(agent, announcement(ALICE, "nope")) == "unknown_subject"
-    assert agent._by("announcement", "r1")["g"].record_id == first.record_id
+    assert agent.ledger.by("announcement", "r1")["g"].record_id == first.record_id
 
 
 def test_a_second_different_fisher_is_flagged_and_ignored(agent: Agent) -> None:
@@ -114,7 +114,7 @@ def test_a_second_different_fisher_is_flagged_and_ignored(agent: Agent) -> None:
     assert ingest(agent, first) == "accepted"
     assert ingest(agent, second) == "equivocation"
     assert ingest(agent, second) == "equivocation"            # offered again: flagged once
-    assert agent._by("announcement", "r1")["g"].record_id == first.record_id
+    assert agent.ledger.by("announcement", "r1")["g"].record_id == first.record_id
     c = agent.store.counters()
     assert c["rejected_equivocation"] == 1 and c["equivocations"] == 1
     _, progress, _ = agent.request_progress("r1")

@@ -11,7 +11,7 @@ import pytest
 import torch
 import trio
 
-from fiun_peer.agent import Agent, settings_key
+from fiun_peer.agent import Agent
 from fiun_peer.cli import _parent
 from fiun_peer.core.fiun import FIUnSettings
 from fiun_peer.identity import Identity
@@ -42,27 +42,27 @@ def test_the_model_fisher_is_that_of_the_version_asked_for(tmp_path) -> None:
         v1, _, _ = trio.run(functools.partial(
             agent.publish_model, model_id="m", weights=to_bytes(model.state_dict()), data=to_bytes({"x": x, "y": y}),
             parents=[], labels=[], architecture=ARCH, head_tensors=[]))
-        published = agent.view.first["m"].predicate["model_fisher_digests"][settings_key(s)]
+        published = agent.view.first["m"].predicate["model_fisher_digests"][s.model_fisher_key()]
         # A cache from before issue 18 (by settings alone, whatever version it was computed on) is not read.
-        store.put_state("mf:m", {settings_key(s): published})
+        store.put_state("mf:m", {s.model_fisher_key(): published})
 
-        f1 = trio.run(agent._model_fisher, "m", v1, s)
+        f1 = trio.run(agent.models.model_fisher, "m", v1, s)
         assert _equal(f1, node_model_fisher(model, x, y, s))
         assert store.get_state(f"mf:m:{v1}") is None            # version 1's is the one its record names
 
         later = {k: v.clone() for k, v in model.state_dict().items()}
         later["head.weight"][2].zero_()                          # as unlearning label 2 leaves it
         v2 = store.put_blob(to_bytes(later), kind="weights")
-        f2 = trio.run(agent._model_fisher, "m", v2, s)
+        f2 = trio.run(agent.models.model_fisher, "m", v2, s)
         model.load_state_dict(later)
         assert _equal(f2, node_model_fisher(model, x, y, s)) and not _equal(f2, f1)
-        cached = store.get_state(f"mf:m:{v2}")[settings_key(s)]
+        cached = store.get_state(f"mf:m:{v2}")[s.model_fisher_key()]
         assert store.blob_kinds(cached) == {"model_fisher"}
-        assert _equal(trio.run(agent._model_fisher, "m", v2, s), f2)   # from the cache
+        assert _equal(trio.run(agent.models.model_fisher, "m", v2, s), f2)   # from the cache
 
         other = FIUnSettings(estimator="exact")                  # other settings: per (version, settings)
-        assert _equal(trio.run(agent._model_fisher, "m", v2, other), node_model_fisher(model, x, y, other))
-        assert set(store.get_state(f"mf:m:{v2}")) == {settings_key(s), settings_key(other)}
+        assert _equal(trio.run(agent.models.model_fisher, "m", v2, other), node_model_fisher(model, x, y, other))
+        assert set(store.get_state(f"mf:m:{v2}")) == {s.model_fisher_key(), other.model_fisher_key()}
 
 
 def test_the_reference_uses_the_current_versions_model_fisher_for_a_second_request() -> None:

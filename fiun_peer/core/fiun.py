@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -21,6 +22,10 @@ ROWS = ("all", "forget")
 
 class FisherError(ValueError):
     """Fishers that cannot be combined: mismatched keys or shapes, NaN/Inf, negative entries."""
+
+
+class SettingsError(ValueError):
+    """Settings a request cannot carry: unknown names, values of the wrong JSON type or out of range."""
 
 
 def _check_finite(name: str, t: Tensor) -> None:
@@ -182,6 +187,32 @@ class FIUnSettings:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> FIUnSettings:
+        """Settings as a request record carries them (JSON; missing names take the defaults), checked
+        strictly: every peer must read the same settings from the same record, so an unknown name
+        or a value of another JSON type raises SettingsError instead of being coerced."""
+        base = cls().to_dict()
+        unknown = set(d or {}) - set(base)
+        if unknown:
+            raise SettingsError(f"unknown FIUn settings: {', '.join(sorted(unknown))}")
+        for key, value in (d or {}).items():  # JSON types must match: "yes" is not a bool, 2.5 not a batch size
+            want = type(base[key])
+            ok = (isinstance(value, bool) if want is bool else
+                  isinstance(value, int | float) and not isinstance(value, bool) if want is float else
+                  isinstance(value, want) and not isinstance(value, bool))
+            if not ok:
+                raise SettingsError(f"FIUn setting {key} must be a {want.__name__}, got {value!r}")
+        try:
+            return cls(**{**base, **(d or {})})
+        except (TypeError, ValueError) as exc:
+            raise SettingsError(f"invalid FIUn settings: {exc}") from exc
+
+    def model_fisher_key(self) -> str:
+        """Which model Fisher (Eq. 4) these settings need: it depends on them only through the
+        estimator, the temperature and the batch size, so requests that differ elsewhere share one."""
+        return f"{self.estimator}:T{self.temperature:g}:B{self.batch_size}"
 
 
 def label_mask(labels: Tensor, wanted: Iterable[int]) -> Tensor:

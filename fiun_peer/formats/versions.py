@@ -2,7 +2,7 @@
 
 Unlearning changes the head only (Eq. 6), so version 2, 3, ... of a model store the new head
 tensors (a small safetensors blob, content-addressed, of kind ``weights``: its owner's only) and a
-manifest in the owner's store, ``ver:<digest>`` = ``{"model", "artifact", "head"}``, that points at
+manifest in the owner's store (``fiun_peer.state.Manifest``), that points at
 the unchanged version-1 artifact. A 100 MB model unlearned ten times costs about 100 MB plus ten
 heads on disk. A version's digest is still the sha256 of the *whole* artifact with that head (what
 the receipt names and ExportModel returns), so nothing about digests changes for other peers: the
@@ -10,8 +10,8 @@ owner computes it once when it writes the version and checks it again whenever i
 artifact for an export. No backbone crosses the network for unlearning (only Fishers do).
 
 What the owner's peer needs to load its model again (format, head, architecture, chunk size) is
-kept under ``fmt:<model>``; models published before formats existed have none and are zoo models
-described by their lineage record, stored whole.
+its format's spec (``fiun_peer.state.spec``); models published before formats existed have none and
+are zoo models described by their lineage record, stored whole.
 """
 
 from __future__ import annotations
@@ -25,12 +25,11 @@ from typing import Any
 
 from torch import Tensor
 
+from .. import state
+from ..state import manifest
 from ..tensors import from_bytes, to_bytes
 from . import load
 from .base import Classifier
-
-SPEC_KEY = "fmt:{}"
-VERSION_KEY = "ver:{}"
 
 
 class VersionError(LookupError):
@@ -39,15 +38,11 @@ class VersionError(LookupError):
 
 def remember(store: Any, model_id: str, spec: Mapping[str, Any]) -> None:
     """Keep how to load ``model_id`` again (at publication, with its version 1)."""
-    store.put_state(SPEC_KEY.format(model_id), dict(spec))
+    state.put_spec(store, model_id, dict(spec))
 
 
 def spec_of(store: Any, model_id: str, record_architecture: Mapping[str, Any]) -> dict[str, Any]:
-    return store.get_state(SPEC_KEY.format(model_id)) or {"format": "zoo", "architecture": dict(record_architecture)}
-
-
-def manifest(store: Any, digest: str) -> dict[str, Any] | None:
-    return store.get_state(VERSION_KEY.format(digest))
+    return state.spec(store, model_id) or {"format": "zoo", "architecture": dict(record_architecture)}
 
 
 def load_version(store: Any, model_id: str, record_architecture: Mapping[str, Any], digest: str) -> Classifier:
@@ -82,9 +77,9 @@ def new_version(classifier: Classifier, head: Mapping[str, Tensor]) -> NewVersio
 
 def record(store: Any, model_id: str, version: NewVersion) -> str:
     """Store a new version's head and its manifest; returns the head blob's digest. Idempotent."""
-    artifact = store.get_state(f"model:{model_id}")["original"]
+    artifact = state.model(store, model_id)["original"]
     head_digest = store.put_blob(version.head, kind="weights")
-    store.put_state(VERSION_KEY.format(version.digest), {"model": model_id, "artifact": artifact, "head": head_digest})
+    state.put_manifest(store, version.digest, {"model": model_id, "artifact": artifact, "head": head_digest})
     return head_digest
 
 
