@@ -33,9 +33,9 @@ from bench_timing import interleaved, machine, paired_ratio, summary, write_json
 
 from fiun_peer.core.fisher import Fisher, fisher_from_features, head_features, per_sample_fisher  # noqa: E402
 from fiun_peer.core.fiun import FIUnSettings  # noqa: E402
-from fiun_peer.data import load_digits  # noqa: E402
 from fiun_peer.models import build_model  # noqa: E402
 from fiun_peer.unlearn import node_model_fisher  # noqa: E402
+from simulations.data import load_digits  # noqa: E402
 
 TARGET = 1.2
 CHUNK = 1024  # head_features' default chunk

@@ -2,7 +2,7 @@
 
     nice .venv/bin/python bench/exp_cifar_speedup.py --seed 0 --network --json results/bench_cifar_speedup.json
 
-Data: ``cifar100-shaped`` (fiun_peer.data: 3x32x32, 100 classes, 20,000 training and 5,000 test
+Data: ``cifar100-shaped`` (simulations.data: 3x32x32, 100 classes, 20,000 training and 5,000 test
 samples built locally from the real digits). Model: torchvision ResNet-18 (11.2 M parameters,
 published as ``torchvision`` + safetensors). Graph: the paper's FL lineage (``--framework fl``: 5
 clients with 16% of every class each -> FedAvg ``g`` -> ``a`` -> ``b`` with 7.5% each).

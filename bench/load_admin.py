@@ -26,8 +26,8 @@ from typing import Any
 import grpc
 import torch
 
-from fiun_peer.auth import TOKEN_FILE, load_token
 from fiun_peer.models import build_model
+from fiun_peer.rpc.auth import TOKEN_FILE, load_token
 from fiun_peer.rpc.channel import open_channel
 from fiun_peer.rpc.generated.fiun.v1 import admin_pb2, admin_pb2_grpc
 from fiun_peer.tensors import to_bytes

@@ -318,9 +318,9 @@ def _main(argv: list[str] | None) -> int:
     if args.command == "health":
         return _health(args)
     if args.command == "init":
-        from .auth import TOKEN_FILE, AuthError, create_token
         from .home import HomeError
         from .identity import Identity, IdentityError
+        from .rpc.auth import TOKEN_FILE, AuthError, create_token
 
         if args.home is None:
             print(f"fiun-peer: error: give --home HOME (a directory, or a bare NAME for ~/.fiun/NAME) or set "
@@ -352,11 +352,11 @@ def _main(argv: list[str] | None) -> int:
             print(f"fiun-peer: error: {exc}", file=sys.stderr)
             return 2
         from . import log
-        from .auth import AuthError
         from .daemon import run
         from .gossip import GossipError
         from .identity import IdentityError
         from .policy import PolicyError
+        from .rpc.auth import AuthError
 
         log.setup(name=args.home.name, as_json=args.log_json, level=getattr(logging, args.log_level.upper()))
         try:
@@ -379,7 +379,7 @@ def _main(argv: list[str] | None) -> int:
         finally:
             lock.release()
         return 0
-    from .auth import AuthError
+    from .rpc.auth import AuthError
 
     try:
         return _admin(args)
@@ -434,8 +434,8 @@ def _import_identity(home: Path, name: str, key_file: Path) -> Identity:
 
 def _import_token(home: Path, token_file: Path) -> None:
     """``init --admin-token``: the token in ``token_file`` becomes HOME/admin.token (born 0600)."""
-    from .auth import TOKEN_FILE, AuthError
     from .home import write_new_secret
+    from .rpc.auth import TOKEN_FILE, AuthError
 
     token = Path(token_file).read_text(encoding="utf-8", errors="replace").strip()
     if not token or any(c.isspace() for c in token):
@@ -465,7 +465,7 @@ def _health(args: argparse.Namespace) -> int:
     args.target = target
     tls = None
     if ca:
-        from .auth import ClientTLS
+        from .rpc.auth import ClientTLS
 
         tls = ClientTLS.from_files(ca, None, None)
     with open_channel(args.target, tls=tls) as channel:
@@ -534,7 +534,7 @@ def status_text(s: Any) -> str:
 def _admin(args: argparse.Namespace) -> int:
     from google.protobuf.json_format import MessageToDict
 
-    from .auth import TOKEN_ENV, ClientTLS, resolve_token
+    from .rpc.auth import TOKEN_ENV, ClientTLS, resolve_token
     from .rpc.channel import open_channel
     from .rpc.generated.fiun.v1 import admin_pb2, admin_pb2_grpc
 

@@ -9,8 +9,8 @@ from dataclasses import replace
 
 from fiun_peer.core.fisher import ESTIMATORS
 from fiun_peer.core.fiun import NORMALIZATIONS, ROWS, FIUnSettings
-from fiun_peer.data import DATASETS
 from fiun_peer.models import MODELS
+from simulations.data import DATASETS
 
 from .byom import EXAMPLES, check_name, default_dataset
 from .topology import FRAMEWORKS

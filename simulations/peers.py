@@ -21,8 +21,8 @@ from pathlib import Path
 
 import grpc
 
-from fiun_peer.auth import TOKEN_FILE, load_token
 from fiun_peer.identity import Identity
+from fiun_peer.rpc.auth import TOKEN_FILE, load_token
 from fiun_peer.rpc.channel import open_channel
 from fiun_peer.rpc.generated.fiun.v1 import admin_pb2, admin_pb2_grpc
 from fiun_peer.rpc.record_service import sync_records

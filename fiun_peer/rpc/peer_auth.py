@@ -39,8 +39,8 @@ from typing import Any
 
 import grpc
 
-from fiun_peer.auth import _CallDetails
 from fiun_peer.identity import Identity, verify_signature
+from fiun_peer.rpc.auth import _CallDetails
 
 HEADER = "fiun-peer-auth"
 VERSION = "v1"

@@ -11,7 +11,7 @@ AdminService is the operator's control surface and needs a credential on every c
 No credential -> UNAUTHENTICATED; a wrong one -> PERMISSION_DENIED. The admin credential is also
 the only way to a model's weights (AdminService.ExportModel). FisherService and RecordService are
 open by default (they serve signed records and announced Fishers only, see
-``fiun_peer.policy.blob_refusal``), or closed to a list of peer keys (``fiun_peer.peer_auth``);
+``fiun_peer.policy.blob_refusal``), or closed to a list of peer keys (``fiun_peer.rpc.peer_auth``);
 gRPC health stays open.
 
 gRPC's Python server cannot *ask* for a client certificate without requiring one, so with
