@@ -19,14 +19,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_timing import machine, median, simulation_clock, write_json  # noqa: E402
-
-from fiun_peer.core.fiun import FIUnSettings  # noqa: E402
-from simulations.baselines import BASELINES  # noqa: E402
-from simulations.centralized import SimConfig, Stage, prepare, run_fiun, run_on_stage  # noqa: E402
+from bench.bench_timing import machine, median, simulation_clock, write_json
+from fiun_peer.core.fiun import FIUnSettings
+from simulations.baselines import BASELINES
+from simulations.centralized import SimConfig, Stage, prepare, run_fiun, run_on_stage
 
 TARGET = 100.0
 DEFAULT_GRAPHS = "fl:mlp,fl:cnn,ddpl:mlp,ddpl:cnn"

@@ -16,9 +16,9 @@ import sys
 from dataclasses import replace
 
 import torch
-from bench_timing import interleaved, machine, paired_ratio, summary, write_json
 from torch import nn
 
+from bench.bench_timing import interleaved, machine, paired_ratio, summary, write_json
 from fiun_peer.core.fisher import find_head
 from fiun_peer.core.fiun import FIUnSettings
 from fiun_peer.models import build_model

@@ -22,14 +22,12 @@ import tempfile
 import threading
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_timing import interleaved, machine, median, paired_ratio, summary, write_json  # noqa: E402
-
-from fiun_peer.identity import Identity  # noqa: E402
-from fiun_peer.records import build_announcement  # noqa: E402
-from fiun_peer.rpc.fisher_service import FisherServicer, fetch_blob  # noqa: E402
-from fiun_peer.rpc.server import make_server  # noqa: E402
-from fiun_peer.store import Store  # noqa: E402
+from bench.bench_timing import interleaved, machine, median, paired_ratio, summary, write_json
+from fiun_peer.identity import Identity
+from fiun_peer.records import build_announcement
+from fiun_peer.rpc.fisher_service import FisherServicer, fetch_blob
+from fiun_peer.rpc.server import make_server
+from fiun_peer.store import Store
 
 MB = 1 << 20
 COMMAND = ".venv/bin/python bench/bench_pull.py --seed {seed} --json results/bench_pull.json"

@@ -26,15 +26,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_timing import machine, write_json  # noqa: E402
-
-from fiun_peer.core.fiun import FIUnSettings  # noqa: E402
-from simulations.centralized import SimConfig, prepare, run_on_stage  # noqa: E402
-from simulations.harness import NetworkOptions, run_network_on_stage  # noqa: E402
-from simulations.topology import builtin  # noqa: E402
+from bench.bench_timing import machine, write_json
+from fiun_peer.core.fiun import FIUnSettings
+from simulations.centralized import SimConfig, prepare, run_on_stage
+from simulations.harness import NetworkOptions, run_network_on_stage
+from simulations.topology import builtin
 
 MODEL, DATASET = "torchvision:resnet18", "cifar100-shaped"
 COMMAND = ("nice .venv/bin/python bench/exp_cifar_speedup.py --seed {seed}{net} --json "

@@ -22,11 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import _netexp as nx
-
 from fiun_peer.core.fiun import FIUnSettings
-from fiun_peer.rpc.generated.fiun.v1 import admin_pb2
 from fiun_peer.tensors import to_bytes
+from simulations import observe as nx
 from simulations.centralized import SimConfig, prepare, run_fiun
 from simulations.network import publish_stage
 from simulations.report import json_ready
@@ -101,15 +99,14 @@ def measure(shape: str, depth: int, *, reps: int, seed: int, workdir: Path, star
             run = nx.run_request(owners["n0"], owners, cluster.peers, forget, f"hd-{shape}-{depth}-{r}",
                                  timeout=request_timeout)
             if r == 0:  # a first request on the original versions: the centralized reference applies
-                done = {m.model_id: m for m in nx.call(owners["n0"].admin.GetRequest, admin_pb2.GetRequestRequest(
-                    request_id=run["request_id"])).models}
+                done = {m.model_id: m for m in nx.patient(owners["n0"]).get_request(run["request_id"]).models}
                 run["equals_centralized"] = {m: done[m].new_digest == d for m, d in expected.items()}
             runs.append(run)
             log(f"  {shape} D={depth} rep {r}: last receipt at requester {run['last_receipt_at_requester']:.2f}s, "
                 f"last applied {run['last_applied']:.2f}s, peer CPU {run['request_cpu_s']:.2f}s, retrain cumulative {retrain[r]['cumulative_s']:.3f}s "
                 f"(CPU {retrain[r]['cumulative_cpu_s']:.3f}s)")
         events = {p.name: nx.peer_events(p, "fisher_announced") for p in cluster.peers}
-        connected = [nx.call(p.admin.Status, admin_pb2.StatusRequest()).connected_peers for p in cluster.peers]
+        connected = [nx.patient(p).status().connected_peers for p in cluster.peers]
         ends = [r["t_submit"] for r in runs[1:]] + [time.time()]
         for run, end in zip(runs, ends, strict=True):   # how the receipts reached the requester
             run["receipts_at_requester"] = nx.receipt_arrivals(owners["n0"], run, end)

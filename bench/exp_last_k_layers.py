@@ -32,17 +32,15 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_timing import machine, write_json  # noqa: E402
-
-from fiun_peer.core.fisher import Fisher, find_head  # noqa: E402
-from fiun_peer.core.fiun import FIUnSettings, center_head, fiun_update, label_mask, merge_fishers  # noqa: E402
-from fiun_peer.core.last_k import last_k_fisher, last_k_parameter_names, parameter_layers  # noqa: E402
-from fiun_peer.models import build_model  # noqa: E402
-from fiun_peer.unlearn import apply_fiun, node_model_fisher, node_unlearning_fisher  # noqa: E402
-from simulations.centralized import SimConfig, Stage, evaluate, prepare  # noqa: E402
-from simulations.report import quality  # noqa: E402
-from simulations.training import own_data  # noqa: E402
+from bench.bench_timing import machine, write_json
+from fiun_peer.core.fisher import Fisher, find_head
+from fiun_peer.core.fiun import FIUnSettings, center_head, fiun_update, label_mask, merge_fishers
+from fiun_peer.core.last_k import last_k_fisher, last_k_parameter_names, parameter_layers
+from fiun_peer.models import build_model
+from fiun_peer.unlearn import apply_fiun, node_model_fisher, node_unlearning_fisher
+from simulations.centralized import SimConfig, Stage, evaluate, prepare
+from simulations.report import quality
+from simulations.training import own_data
 
 COMMAND = ".venv/bin/python bench/exp_last_k_layers.py --seed {seed} --out results/last_k_layers.json"
 FORGETS = ((2,), (1, 4, 6, 8))

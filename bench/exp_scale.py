@@ -21,9 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import _netexp as nx
 import psutil
 
+from simulations import observe as nx
 from simulations.centralized import SimConfig, prepare
 from simulations.network import publish_stage
 from simulations.report import json_ready
@@ -78,7 +78,7 @@ def measure(n: int, *, reps: int, seed: int, workdir: Path, startup_timeout: flo
         for run, end in zip(runs, ends, strict=True):   # how the receipts reached the requester
             run["receipts_at_requester"] = nx.receipt_arrivals(owners["c1"], run, end)
             run["request_paths"] = nx.request_paths(owners, run, end)
-        connected = [nx.call(p.admin.Status, nx.admin_pb2.StatusRequest()).connected_peers for p in cluster.peers]
+        connected = [nx.patient(p).status().connected_peers for p in cluster.peers]
     return {
         "n_peers": n, "clients": n - 1, "startup_s": startup_s, "settle_before_publish": settle_before_publish,
         "publish_s": publish_s, "load_during_requests": load,
