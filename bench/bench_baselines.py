@@ -20,10 +20,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench.bench_timing import machine, median, simulation_clock, write_json
+from bench.bench_timing import median, simulation_clock, write_json
 from fiun_peer.core.fiun import FIUnSettings
 from simulations.baselines import BASELINES
 from simulations.centralized import SimConfig, Stage, prepare, run_fiun, run_on_stage
+from simulations.report import machine
 
 TARGET = 100.0
 DEFAULT_GRAPHS = "fl:mlp,fl:cnn,ddpl:mlp,ddpl:cnn"

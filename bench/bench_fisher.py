@@ -27,12 +27,13 @@ import sys
 import torch
 from torch import Tensor, nn
 
-from bench.bench_timing import interleaved, machine, paired_ratio, summary, write_json
+from bench.bench_timing import interleaved, paired_ratio, summary, write_json
 from fiun_peer.core.fisher import Fisher, fisher_from_features, head_features, per_sample_fisher
 from fiun_peer.core.fiun import FIUnSettings
 from fiun_peer.models import build_model
 from fiun_peer.unlearn import node_model_fisher
 from simulations.data import load_digits
+from simulations.report import machine
 
 TARGET = 1.2
 CHUNK = 1024  # head_features' default chunk

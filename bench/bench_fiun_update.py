@@ -18,11 +18,12 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from bench.bench_timing import interleaved, machine, paired_ratio, summary, write_json
+from bench.bench_timing import interleaved, paired_ratio, summary, write_json
 from fiun_peer.core.fisher import find_head
 from fiun_peer.core.fiun import FIUnSettings
 from fiun_peer.models import build_model
 from fiun_peer.unlearn import apply_fiun
+from simulations.report import machine
 
 OLD = replace(FIUnSettings(), rows="all", gamma=3.0)
 NEW = FIUnSettings()

@@ -22,12 +22,13 @@ import tempfile
 import threading
 from pathlib import Path
 
-from bench.bench_timing import interleaved, machine, median, paired_ratio, summary, write_json
+from bench.bench_timing import interleaved, median, paired_ratio, summary, write_json
 from fiun_peer.identity import Identity
 from fiun_peer.records import build_announcement
 from fiun_peer.rpc.fisher_service import FisherServicer, fetch_blob
 from fiun_peer.rpc.server import make_server
 from fiun_peer.store import Store
+from simulations.report import machine
 
 MB = 1 << 20
 COMMAND = ".venv/bin/python bench/bench_pull.py --seed {seed} --json results/bench_pull.json"

@@ -13,6 +13,8 @@ import json
 import sys
 from pathlib import Path
 
+from simulations.report import machine_text, md_rows
+
 RENDER_COMMAND = ".venv/bin/python bench/benchmarks_md.py --results results --out BENCHMARKS.md"
 
 
@@ -25,19 +27,12 @@ def _x(v: float | None, d: int = 2) -> str:
     return "–" if v is None else f"{v:,.{d}f}"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
-            *("| " + " | ".join(r) + " |" for r in rows)]
-
-
 def _missing(name: str) -> list[str]:
     return [f"_Not run yet: `results/bench_{name}.json` is missing._", ""]
 
 
 def _machine(d: dict) -> str:
-    m = d.get("machine", {})
-    return (f"{m.get('cpus', '?')} CPUs, torch {m.get('torch', '?')} on {m.get('torch_threads', '?')} thread(s), "
-            f"Python {m.get('python', '?')}")
+    return machine_text(d.get("machine", {}))
 
 
 def fisher_section(d: dict | None) -> list[str]:
@@ -61,7 +56,7 @@ def fisher_section(d: dict | None) -> list[str]:
                      _x(r["head_features_over_backbone"], 3), _x(r["closed_over_backbone"], 3),
                      _x(r["torch_func_over_closed"], 1) + "×", _x(r.get("naive_over_closed"), 0) + "×",
                      f"{max(a.values()):.1e}", "yes" if c["target_met"] else "**no**"])
-    out += _table(["model", "N", "head", "backbone ms (CPU)", "fwd+F / backbone", "head_features / backbone",
+    out += md_rows(["model", "N", "head", "backbone ms (CPU)", "fwd+F / backbone", "head_features / backbone",
                    "F / backbone", "torch.func / F", "naive / F", "max rel. diff", f"≤ {d['target']}"], rows)
     met = [c for c in d["cases"] if c["target_met"]]
     missed = [f"{c['model']}/N={c['n']}" for c in d["cases"] if not c["target_met"]]
@@ -89,7 +84,7 @@ def pull_section(d: dict | None) -> list[str]:
              _x(c["ratios"]["grpc_over_socket_sha256_time"], 1) + "×",
              f"{100 * c['ratios']['grpc_throughput_fraction_of_socket']:.0f}%", str(c["bytes_equal"]).lower()]
             for c in d["cases"]]
-    out += _table(["blob MiB", "gRPC MiB/s", "socket MiB/s", "socket+sha256 MiB/s", "gRPC time / socket",
+    out += md_rows(["blob MiB", "gRPC MiB/s", "socket MiB/s", "socket+sha256 MiB/s", "gRPC time / socket",
                    "gRPC time / socket+sha256", "gRPC throughput as % of socket", "bytes equal"], rows)
     return out + [""]
 
@@ -117,7 +112,7 @@ def baselines_section(d: dict | None) -> list[str]:
                      str(c["subgraph_nodes"]), _x(c["seconds"]["fiun"] * 1e3, 1),
                      *(f"{_x(c['seconds'][m], 2)} s / {_x(c['speedup'][m], 0)}×"
                        + ("" if c["target_met"][m] else " (<100)") for m in methods)])
-    out += _table(["graph", "C_f", "nodes", "FIUn ms", "re-train", "fine-tune", "gradient ascent", "distill"], rows)
+    out += md_rows(["graph", "C_f", "nodes", "FIUn ms", "re-train", "fine-tune", "gradient ascent", "distill"], rows)
     if d.get("complete") is False:
         out += ["", f"_Partial run: the command was interrupted after {len(d['cases'])} graph(s)._"]
     met = {m: sum(c["target_met"][m] for c in d["cases"]) for m in methods}
@@ -204,7 +199,7 @@ def formats_section(d: dict | None) -> list[str]:
              str(c["chunk"]), _x(c["times"]["forward"]["median_s"] * 1e3, 1),
              _x(c["times"]["fisher_fwd"]["median_s"] * 1e3, 1), _x(c["ratio"], 3),
              "yes" if c["target_met"] else "**no**"] for c in d["cases"]]
-    out += _table(["model", "format", "N", "input", "head", "chunk", "forward ms (CPU)", "fwd+F ms (CPU)",
+    out += md_rows(["model", "format", "N", "input", "head", "chunk", "forward ms (CPU)", "fwd+F ms (CPU)",
                    "fwd+F / forward", "≤ 1.2"], rows) + [""]
     out += ["The Fisher of a Linear head is two head-sized products on the features, so next to a "
             "ResNet-18's backbone it costs nothing measurable; and `fwd+F` skips the head's own matmul, "
@@ -223,7 +218,7 @@ def formats_section(d: dict | None) -> list[str]:
                      f"{x['blobs_after']:,}", f"{x['blobs_if_whole']:,}",
                      f"{x['blobs_if_whole'] / x['blobs_after']:.1f}×",
                      _x(x["seconds_per_version"]["median_s"], 3), "yes" if x["rebuilt_matches_digest"] else "**no**"])
-    out += _table(["model", "format", "artifact (B)", "head per version (B)", f"blobs after {d['disk'][0]['versions'] + 1} "
+    out += md_rows(["model", "format", "artifact (B)", "head per version (B)", f"blobs after {d['disk'][0]['versions'] + 1} "
                    "versions, head-only (B)", "if stored whole (B)", "saved", "s per new version (digest of the "
                    "whole artifact)", "rebuilt = digest"], rows)
     return out + [""]
@@ -252,7 +247,7 @@ def cifar_section(d: dict | None) -> list[str]:
              f"{_x(n['original']['ad_r'])} / {_x(n['original']['ad_f'])}",
              f"{_x(n['fiun']['ad_r'])} / {_x(n['fiun']['ad_f'])}",
              {True: "yes", False: "**no**", None: "–"}[n.get("equals_centralized")]] for n in d["nodes"]]
-    out += _table(["model", "own samples", "re-training, one epoch (s)", "epochs", "re-training estimate (s)",
+    out += md_rows(["model", "own samples", "re-training, one epoch (s)", "epochs", "re-training estimate (s)",
                    "original AD_r / AD_f (one epoch)", "FIUn AD_r / AD_f", "peers = centralized"], rows) + [""]
     net = ""
     if d.get("speedup_network"):
@@ -280,7 +275,7 @@ def fiun_update_section(d: dict | None) -> list[str]:
             "each peer does per model at request time once the Fishers are in hand: `new` = `FIUnSettings()` "
             "(rows=forget, γ=0, head centred on the retained classes), `old` = the defaults before issue 13 "
             f"(rows=all, γ=3). Target: new ≤ {d['target']:g} × old.", ""]
-    out += _table(["model (head)", "discovery Fishers", "old ms (CPU)", "new ms (CPU)", "new / old", f"≤ {d['target']:g}"],
+    out += md_rows(["model (head)", "discovery Fishers", "old ms (CPU)", "new ms (CPU)", "new / old", f"≤ {d['target']:g}"],
                   [[r["model"], str(r["discovery_fishers"]), _x(1e3 * r["old"]["median_s"], 3),
                     _x(1e3 * r["new"]["median_s"], 3), _x(r["new_over_old"]), "yes" if r["meets"] else "**no**"]
                    for r in d["rows"]])

@@ -26,10 +26,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.bench_timing import machine, write_json
+from bench.bench_timing import write_json
 from fiun_peer.core.fiun import FIUnSettings
 from simulations.centralized import SimConfig, prepare, run_on_stage
 from simulations.harness import NetworkOptions, run_network_on_stage
+from simulations.report import machine
 from simulations.topology import builtin
 
 MODEL, DATASET = "torchvision:resnet18", "cifar100-shaped"

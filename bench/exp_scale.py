@@ -26,7 +26,7 @@ import psutil
 from simulations import observe as nx
 from simulations.centralized import SimConfig, prepare
 from simulations.network import publish_stage
-from simulations.report import json_ready
+from simulations.report import fmt, json_ready, load_text, machine_load
 from simulations.topology import fl_n
 
 FORGETS = [(2,), (5,), (9,)]
@@ -66,7 +66,7 @@ def measure(n: int, *, reps: int, seed: int, workdir: Path, startup_timeout: flo
             time.sleep(0.5)            # the last store events are in the logs
             before = time.time()
             lineage = nx.publish_times(cluster.peers, before=before)
-            load = nx.machine_load()
+            load = machine_load()
             runs = []
             for r, forget in enumerate(FORGETS[:reps]):
                 run = nx.run_request(owners["c1"], owners, cluster.peers, forget, f"scale-{n}-{r}",
@@ -104,7 +104,7 @@ def run_scale(*, sizes=(8, 16, 32, 64), reps: int = 3, seed: int = 0, workdir: P
         tmp = tempfile.TemporaryDirectory(prefix="fiun-scale-")
         workdir = Path(tmp.name)
     t0 = time.time()
-    load_start = nx.machine_load()
+    load_start = machine_load()
     cells, skipped = [], []
     uss = DEFAULT_USS_MIB
     try:
@@ -126,7 +126,7 @@ def run_scale(*, sizes=(8, 16, 32, 64), reps: int = 3, seed: int = 0, workdir: P
             tmp.cleanup()
     return {"experiment": "scale", "seed": seed, "model": "mlp", "dataset": "digits", "reps": reps,
             "topology": "fl_n(N-1): N-1 clients -> g (FedAvg), one peer per model", "peers_per_process": 1, "connect": connect,
-            "sync_interval_s": 2.0, "load_at_start": load_start, "load_at_end": nx.machine_load(),
+            "sync_interval_s": 2.0, "load_at_start": load_start, "load_at_end": machine_load(),
             "wall_s": time.time() - t0, "cells": cells, "skipped": skipped}
 
 
@@ -179,11 +179,10 @@ def plot(result: dict, path: Path, command: str) -> Path:
 
 
 def section(result: dict, command: str, png: str) -> str:
-    f = nx.fmt
+    f = fmt
     lines = ["## Scale on real peers (experiment 3)", "",
              f"Command: `.venv/bin/python {command}` (seed {result['seed']}, MLP on digits, median of "
-             f"{result['reps']} requests per size). Load average at start {result['load_at_start']['loadavg_1_5_15']} "
-             f"on {result['load_at_start']['cpus']} CPUs, at end {result['load_at_end']['loadavg_1_5_15']}; "
+             f"{result['reps']} requests per size). {load_text(result['load_at_start'], result['load_at_end'])}; "
              + (f"total {result['wall_s'] / 60:.1f} min." if result.get("wall_s") else "run time not recorded.")
              + (" **Partial run**: only the sizes in the table finished before the run was stopped."
                 if result.get("partial") else ""), "",

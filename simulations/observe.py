@@ -24,20 +24,12 @@ import psutil
 
 from fiun_peer.rpc.admin_client import AdminClient
 
-from . import peers
+from . import peers, report
 from .peers import Peer, PeerCluster, free_port, p2p_address
+from .report import section_markers
 from .topology import NodeSpec
 
 ROOT = Path(__file__).resolve().parents[1]
-MARKER = "<!-- network results below -->"
-
-
-def machine_load() -> dict:
-    """Load averages and free memory at this moment: the CPUs are shared with other work."""
-    vm = psutil.virtual_memory()
-    return {"loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count(),
-            "mem_total_gib": round(vm.total / 2**30, 1), "mem_available_gib": round(vm.available / 2**30, 1),
-            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
 def write_topology(nodes: list[NodeSpec], path: Path) -> Path:
@@ -340,22 +332,6 @@ def publish_times(peers: list[Peer], *, before: float) -> dict:
 
 
 def write_section(name: str, body: str, path: Path | None = None) -> Path:
-    """Replace (or append) ``<!-- section:NAME -->`` ... ``<!-- /section:NAME -->`` after the network
-    marker of RESULTS.md, re-reading the file right before writing (others edit it too)."""
-    path = path or ROOT / "RESULTS.md"
-    start, end = f"<!-- section:{name} -->", f"<!-- /section:{name} -->"
-    block = f"{start}\n{body.rstrip()}\n{end}"
-    text = path.read_text()
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        text = head + block + rest.split(end, 1)[1]
-    else:
-        if MARKER not in text:
-            text = text.rstrip() + f"\n\n{MARKER}\n"
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
-    return path
-
-
-def fmt(x: float | None, digits: int = 2) -> str:
-    return "–" if x is None else f"{x:.{digits}f}"
+    """Replace (or append) section ``name`` of RESULTS.md (simulations.report.write_section)."""
+    begin, end = section_markers(name)
+    return report.write_section(path or ROOT / "RESULTS.md", f"{begin}\n{body.rstrip()}\n{end}")
