@@ -27,13 +27,12 @@ import sys
 import torch
 from torch import Tensor, nn
 
-from bench.bench_timing import interleaved, paired_ratio, summary, write_json
+from bench.bench_timing import interleaved, paired_ratio, summary, write_cases
 from fiun_peer.core.fisher import Fisher, fisher_from_features, head_features, per_sample_fisher
 from fiun_peer.core.fiun import FIUnSettings
 from fiun_peer.models import build_model
 from fiun_peer.unlearn import node_model_fisher
 from simulations.data import load_digits
-from simulations.report import machine
 
 TARGET = 1.2
 CHUNK = 1024  # head_features' default chunk
@@ -140,9 +139,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['naive_over_closed']:8.1f} | {'met' if c['target_met'] else 'NOT met'}", flush=True)
             cases.append(c)
     if a.json:
-        write_json({"benchmark": "fisher", "seed": a.seed, "quick": a.quick, "rounds": rounds, "target": TARGET,
-                    "command": COMMAND.format(seed=a.seed) + (" --quick" if a.quick else ""),
-                    "machine": machine(), "cases": cases}, a.json)
+        write_cases(a.json, "fisher", a, rounds=rounds, command=COMMAND.format(seed=a.seed), cases=cases,
+                    target=TARGET)
         print(f"wrote {a.json}", file=sys.stderr)
     return 0
 

@@ -22,13 +22,12 @@ import tempfile
 import threading
 from pathlib import Path
 
-from bench.bench_timing import interleaved, median, paired_ratio, summary, write_json
+from bench.bench_timing import interleaved, median, paired_ratio, summary, write_cases
 from fiun_peer.identity import Identity
 from fiun_peer.records import build_announcement
 from fiun_peer.rpc.fisher_service import FisherServicer, fetch_blob
 from fiun_peer.rpc.server import make_server
 from fiun_peer.store import Store
-from simulations.report import machine
 
 MB = 1 << 20
 COMMAND = ".venv/bin/python bench/bench_pull.py --seed {seed} --json results/bench_pull.json"
@@ -124,9 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{c['ratios']['grpc_over_socket_time']:15.1f}× {c['bytes_equal']!s:>11s}", flush=True)
             cases.append(c)
     if a.json:
-        write_json({"benchmark": "pull", "seed": a.seed, "quick": a.quick, "rounds": rounds,
-                    "command": COMMAND.format(seed=a.seed) + (" --quick" if a.quick else ""),
-                    "machine": machine(), "cases": cases}, a.json)
+        write_cases(a.json, "pull", a, rounds=rounds, command=COMMAND.format(seed=a.seed), cases=cases)
         print(f"wrote {a.json}", file=sys.stderr)
     return 0
 

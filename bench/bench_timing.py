@@ -8,6 +8,7 @@ per round (paired) before the median, which cancels load that drifts between rou
 
 from __future__ import annotations
 
+import argparse
 import math
 import statistics
 import time
@@ -88,3 +89,12 @@ def summary(samples: list[float]) -> dict[str, float]:
 def write_json(obj: dict, path: str | Path) -> None:
     """simulations.report.write_json, indented by one (the results/bench_*.json files as they are)."""
     report.write_json(obj, path, indent=1)
+
+
+def write_cases(path: str | Path, benchmark: str, args: argparse.Namespace, *, rounds: int, command: str,
+                cases: list[dict], **extra: object) -> None:
+    """The results/bench_NAME.json record of a micro-benchmark run with ``--seed`` and ``--quick``:
+    its cases, the command that reproduces them and the machine they were measured on."""
+    write_json({"benchmark": benchmark, "seed": args.seed, "quick": args.quick, "rounds": rounds, **extra,
+                "command": command + (" --quick" if args.quick else ""), "machine": report.machine(),
+                "cases": cases}, path)

@@ -9,8 +9,10 @@ named as missing.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from simulations.report import machine_text, md_rows
@@ -31,14 +33,24 @@ def _missing(name: str) -> list[str]:
     return [f"_Not run yet: `results/bench_{name}.json` is missing._", ""]
 
 
+def _section(title: str, name: str) -> Callable[[Callable[[dict], list[str]]], Callable[[dict | None], list[str]]]:
+    """A section of the document: its title, then what ``body(d)`` says of results/bench_NAME.json, or
+    that the file is missing."""
+    def wrap(body: Callable[[dict], list[str]]) -> Callable[[dict | None], list[str]]:
+        @functools.wraps(body)
+        def section(d: dict | None) -> list[str]:
+            return [title, ""] + (_missing(name) if d is None else body(d))
+        return section
+    return wrap
+
+
 def _machine(d: dict) -> str:
     return machine_text(d.get("machine", {}))
 
 
-def fisher_section(d: dict | None) -> list[str]:
-    out = ["## Fisher of a Linear head: closed form vs torch.func vs a naive loop, and vs the forward pass", ""]
-    if d is None:
-        return out + _missing("fisher")
+@_section("## Fisher of a Linear head: closed form vs torch.func vs a naive loop, and vs the forward pass", "fisher")
+def fisher_section(d: dict) -> list[str]:
+    out: list[str] = []
     out += [f"Command (seed {d['seed']}): `{d['command']}` — {d['rounds']} interleaved rounds per case; "
             f"{_machine(d)}. Clock: the benchmarking thread's CPU time (torch runs on that one thread), so time "
             "other processes held the core is left out.", "",
@@ -69,10 +81,9 @@ def fisher_section(d: dict | None) -> list[str]:
     return out
 
 
-def pull_section(d: dict | None) -> list[str]:
-    out = ["## Fisher pull over gRPC vs a raw loopback socket", ""]
-    if d is None:
-        return out + _missing("pull")
+@_section("## Fisher pull over gRPC vs a raw loopback socket", "pull")
+def pull_section(d: dict) -> list[str]:
+    out: list[str] = []
     out += [f"Command (seed {d['seed']}): `{d['command']}` — {d['rounds']} alternating rounds per size; "
             f"{_machine(d)}; wall clock.", "",
             "`gRPC` = a real gRPC server with the real `FisherServicer` over a real `Store`, pulled with "
@@ -89,10 +100,9 @@ def pull_section(d: dict | None) -> list[str]:
     return out + [""]
 
 
-def baselines_section(d: dict | None) -> list[str]:
-    out = ["## FIUn vs the baselines on the same graph", ""]
-    if d is None:
-        return out + _missing("baselines")
+@_section("## FIUn vs the baselines on the same graph", "baselines")
+def baselines_section(d: dict) -> list[str]:
+    out: list[str] = []
     methods = ["retrain", "finetune", "gradient_ascent", "distill"]
     s = d["settings"]
     out += [f"Command (seed {d['seed']}): `{d['command']}` — {d['rounds']} round(s) per graph; {_machine(d)}; "
@@ -181,10 +191,9 @@ def formats_targets(fm: dict | None, cs: dict | None) -> list[str]:
     return out
 
 
-def formats_section(d: dict | None) -> list[str]:
-    out = ["## Models in their own formats: forward + Fisher vs forward, and disk per version", ""]
-    if d is None:
-        return out + _missing("formats")
+@_section("## Models in their own formats: forward + Fisher vs forward, and disk per version", "formats")
+def formats_section(d: dict) -> list[str]:
+    out: list[str] = []
     out += [f"Command (seed {d['seed']}): `{d['command']}` — {d['rounds']} interleaved rounds per case (3 for the "
             f"224×224 case); {_machine(d)}. Clock: the benchmarking thread's CPU time.", "",
             "Each model is loaded the way its peer loads it (`fiun_peer.formats.prepare`: torchvision and "
@@ -224,10 +233,9 @@ def formats_section(d: dict | None) -> list[str]:
     return out + [""]
 
 
-def cifar_section(d: dict | None) -> list[str]:
-    out = ["## FIUn vs re-training on a workload shaped like the paper's (ResNet-18, CIFAR-100-shaped, FL)", ""]
-    if d is None:
-        return out + _missing("cifar_speedup")
+@_section("## FIUn vs re-training on a workload shaped like the paper's (ResNet-18, CIFAR-100-shaped, FL)", "cifar_speedup")
+def cifar_section(d: dict) -> list[str]:
+    out: list[str] = []
     out += [f"Command (seed {d['seed']}): `{d['command']}`; {_machine(d)}; wall-clock seconds.", "",
             f"Data: `{d['dataset']}` ({d['train_samples']:,} training samples, 3×32×32, {d['classes']} classes, "
             "built locally from the real digits: digit × one of ten tints). Model: torchvision "
@@ -265,10 +273,9 @@ def cifar_section(d: dict | None) -> list[str]:
     return out
 
 
-def fiun_update_section(d: dict | None) -> list[str]:
-    out = ["## FIUn's time per node: the forget-row restriction against the defaults before it", ""]
-    if d is None:
-        return out + _missing("fiun_update")
+@_section("## FIUn's time per node: the forget-row restriction against the defaults before it", "fiun_update")
+def fiun_update_section(d: dict) -> list[str]:
+    out: list[str] = []
     out += [f"Command (seed {d['seed']}): `{d['command']}` — {d['rounds']} interleaved rounds per case; "
             f"{_machine(d)}. Clock: the benchmarking thread's CPU time.", "",
             "`fiun_peer.unlearn.apply_fiun` for one model (Eqs. 5-6 on the head, the new state dict), the work "

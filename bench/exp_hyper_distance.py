@@ -18,7 +18,6 @@ import argparse
 import hashlib
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -181,14 +180,10 @@ def run_hyper_distance(*, depths=(2, 4, 8, 16), shapes=("chain", "tree", "broom"
                        request_timeout: float = 300.0, connect: str = "star", log=print,
                        on_cell=None) -> dict:
     """Every (shape, depth) cell; ``on_cell(partial_result)`` after each one (to save progress)."""
-    tmp = None
-    if workdir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="fiun-hd-")
-        workdir = Path(tmp.name)
     t0 = time.time()
     load_start = machine_load()
     cells = []
-    try:
+    with nx.scratch(workdir, "fiun-hd-") as workdir:
         for shape in shapes:
             for d in depths:
                 log(f"{shape} D={d}: training, re-training, starting peers")
@@ -197,9 +192,6 @@ def run_hyper_distance(*, depths=(2, 4, 8, 16), shapes=("chain", "tree", "broom"
                                      connect=connect, log=log))
                 if on_cell:
                     on_cell({"experiment": "hyper_distance", "partial": True, "seed": seed, "cells": cells})
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
     ratios = ratios_of(cells)
     return {"experiment": "hyper_distance", "seed": seed, "model": "mlp", "dataset": "digits", "reps": reps,
             "forgets": [list(f) for f in FORGETS[:reps]], "sync_interval_s": 2.0, "connect": connect,

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -99,15 +98,11 @@ def run_scale(*, sizes=(8, 16, 32, 64), reps: int = 3, seed: int = 0, workdir: P
               startup_timeout: float = 900.0, request_timeout: float = 600.0, connect: str = "star",
               log=print, on_cell=None) -> dict:
     """Every size; ``on_cell(partial_result)`` after each one (to save progress)."""
-    tmp = None
-    if workdir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="fiun-scale-")
-        workdir = Path(tmp.name)
     t0 = time.time()
     load_start = machine_load()
     cells, skipped = [], []
     uss = DEFAULT_USS_MIB
-    try:
+    with nx.scratch(workdir, "fiun-scale-") as workdir:
         for n in sizes:
             ok, why = fits(n, uss)
             if not ok:
@@ -121,9 +116,6 @@ def run_scale(*, sizes=(8, 16, 32, 64), reps: int = 3, seed: int = 0, workdir: P
             if on_cell:
                 on_cell({"experiment": "scale", "partial": True, "seed": seed, "cells": cells, "skipped": skipped})
             uss = cell["memory"]["peak_uss_mib"]["max"] or uss
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
     return {"experiment": "scale", "seed": seed, "model": "mlp", "dataset": "digits", "reps": reps,
             "topology": "fl_n(N-1): N-1 clients -> g (FedAvg), one peer per model", "peers_per_process": 1, "connect": connect,
             "sync_interval_s": 2.0, "load_at_start": load_start, "load_at_end": machine_load(),

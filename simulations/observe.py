@@ -16,8 +16,11 @@ import math
 import os
 import random
 import statistics
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -30,6 +33,16 @@ from .report import section_markers
 from .topology import NodeSpec
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextmanager
+def scratch(workdir: Path | None, prefix: str) -> Iterator[Path]:
+    """``workdir`` as it is, or (None) a temporary folder removed afterwards."""
+    if workdir is not None:
+        yield workdir
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        yield Path(tmp)
 
 
 def write_topology(nodes: list[NodeSpec], path: Path) -> Path:

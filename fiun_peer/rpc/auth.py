@@ -227,6 +227,18 @@ class _Metadata(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientIntercep
         return continuation(self._details(client_call_details), request)
 
 
+def rewrap_unary(handler: grpc.RpcMethodHandler, guard: Callable[[Callable], Callable],
+                 deserialize: Callable[[bytes], Any]) -> grpc.RpcMethodHandler:
+    """A unary-request ``handler`` (unary or streaming reply) whose behaviour runs inside ``guard`` and
+    whose request bytes go through ``deserialize``: the plumbing of the server interceptors here,
+    in peer_auth and in server."""
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(guard(handler.unary_stream), request_deserializer=deserialize,
+                                                    response_serializer=handler.response_serializer)
+    return grpc.unary_unary_rpc_method_handler(guard(handler.unary_unary), request_deserializer=deserialize,
+                                               response_serializer=handler.response_serializer)
+
+
 @dataclass(frozen=True)
 class _CallDetails(grpc.ClientCallDetails):
     method: str

@@ -11,6 +11,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from fiun_peer.rpc.auth import rewrap_unary
 from fiun_peer.rpc.channel import MAX_MESSAGE_BYTES, channel_options
 from fiun_peer.rpc.generated.fiun.v1 import (
     admin_pb2,
@@ -148,11 +149,7 @@ class DecodeGuard(grpc.ServerInterceptor):
                 return behavior(request, context)
             return wrapper
 
-        if handler.response_streaming:
-            return grpc.unary_stream_rpc_method_handler(guard(handler.unary_stream), request_deserializer=deserialize,
-                                                        response_serializer=handler.response_serializer)
-        return grpc.unary_unary_rpc_method_handler(guard(handler.unary_unary), request_deserializer=deserialize,
-                                                   response_serializer=handler.response_serializer)
+        return rewrap_unary(handler, guard, deserialize)
 
 
 def _register(servicer: object, server: grpc.Server) -> str:
