@@ -19,14 +19,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_timing import machine, median, simulation_clock, write_json  # noqa: E402
-
-from fiun_peer.core.fiun import FIUnSettings  # noqa: E402
-from simulations.baselines import BASELINES  # noqa: E402
-from simulations.centralized import SimConfig, Stage, prepare, run_fiun, run_on_stage  # noqa: E402
+from bench.bench_timing import median, simulation_clock, write_cases
+from fiun_peer.core.fiun import FIUnSettings
+from simulations.baselines import BASELINES
+from simulations.centralized import SimConfig, Stage, prepare, run_fiun, run_on_stage
 
 TARGET = 100.0
 DEFAULT_GRAPHS = "fl:mlp,fl:cnn,ddpl:mlp,ddpl:cnn"
@@ -83,13 +80,11 @@ def main(argv: list[str] | None = None) -> int:
               + " ".join(f"{c['speedup'][m]:16.0f}×" for m in METHODS), flush=True)
         cases.append(c)
         if a.json:  # after every graph, so an interrupted run keeps what it measured
-            write_json({"benchmark": "baselines", "seed": a.seed, "quick": a.quick, "rounds": rounds,
-                        "target": TARGET, "settings": FIUnSettings().to_dict(), "clock": a.clock,
-                        "complete": len(cases) == len(graphs),
-                        "command": COMMAND.format(seed=a.seed)
+            write_cases(a.json, "baselines", a, rounds=rounds, cases=cases, command=COMMAND.format(seed=a.seed)
                         + ("" if a.graphs == DEFAULT_GRAPHS or a.quick else f" --graphs {a.graphs}")
-                        + ("" if a.clock == "thread_cpu" else " --clock wall") + (" --quick" if a.quick else ""),
-                        "machine": machine(), "cases": cases}, a.json)
+                        + ("" if a.clock == "thread_cpu" else " --clock wall"),
+                        target=TARGET, settings=FIUnSettings().to_dict(), clock=a.clock,
+                        complete=len(cases) == len(graphs))
     if a.json:
         print(f"wrote {a.json}", file=sys.stderr)
     return 0

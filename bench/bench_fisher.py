@@ -23,19 +23,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_timing import interleaved, machine, paired_ratio, summary, write_json  # noqa: E402
-
-from fiun_peer.core.fisher import Fisher, fisher_from_features, head_features, per_sample_fisher  # noqa: E402
-from fiun_peer.core.fiun import FIUnSettings  # noqa: E402
-from fiun_peer.data import load_digits  # noqa: E402
-from fiun_peer.models import build_model  # noqa: E402
-from fiun_peer.unlearn import node_model_fisher  # noqa: E402
+from bench.bench_timing import interleaved, paired_ratio, summary, write_cases
+from fiun_peer.core.fisher import Fisher, fisher_from_features, head_features, per_sample_fisher
+from fiun_peer.core.fiun import FIUnSettings
+from fiun_peer.models import build_model
+from fiun_peer.unlearn import node_model_fisher
+from simulations.data import load_digits
 
 TARGET = 1.2
 CHUNK = 1024  # head_features' default chunk
@@ -142,9 +139,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['naive_over_closed']:8.1f} | {'met' if c['target_met'] else 'NOT met'}", flush=True)
             cases.append(c)
     if a.json:
-        write_json({"benchmark": "fisher", "seed": a.seed, "quick": a.quick, "rounds": rounds, "target": TARGET,
-                    "command": COMMAND.format(seed=a.seed) + (" --quick" if a.quick else ""),
-                    "machine": machine(), "cases": cases}, a.json)
+        write_cases(a.json, "fisher", a, rounds=rounds, command=COMMAND.format(seed=a.seed), cases=cases,
+                    target=TARGET)
         print(f"wrote {a.json}", file=sys.stderr)
     return 0
 

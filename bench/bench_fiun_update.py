@@ -16,13 +16,14 @@ import sys
 from dataclasses import replace
 
 import torch
-from bench_timing import interleaved, machine, paired_ratio, summary, write_json
 from torch import nn
 
+from bench.bench_timing import interleaved, paired_ratio, summary, write_json
 from fiun_peer.core.fisher import find_head
 from fiun_peer.core.fiun import FIUnSettings
 from fiun_peer.models import build_model
 from fiun_peer.unlearn import apply_fiun
+from simulations.report import machine
 
 OLD = replace(FIUnSettings(), rows="all", gamma=3.0)
 NEW = FIUnSettings()

@@ -26,15 +26,14 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_timing import interleaved, machine, paired_ratio, summary, write_json  # noqa: E402
-
-from fiun_peer.core.fiun import FIUnSettings  # noqa: E402
-from fiun_peer.data import load_dataset  # noqa: E402
-from fiun_peer.formats import versions  # noqa: E402
-from fiun_peer.store import Store  # noqa: E402
-from fiun_peer.unlearn import apply_fiun_head, node_model_fisher, node_unlearning_fisher  # noqa: E402
-from simulations import byom  # noqa: E402
+from bench.bench_timing import interleaved, paired_ratio, summary, write_json
+from fiun_peer.core.fiun import FIUnSettings
+from fiun_peer.formats import versions
+from fiun_peer.store import Store
+from fiun_peer.unlearn import apply_fiun_head, node_model_fisher, node_unlearning_fisher
+from simulations import byom
+from simulations.data import load_dataset
+from simulations.report import machine
 
 TARGET = 1.2
 COMMAND = ".venv/bin/python bench/bench_formats.py --seed {seed} --json results/bench_formats.json"

@@ -22,14 +22,12 @@ import tempfile
 import threading
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_timing import interleaved, machine, median, paired_ratio, summary, write_json  # noqa: E402
-
-from fiun_peer.identity import Identity  # noqa: E402
-from fiun_peer.records import build_announcement  # noqa: E402
-from fiun_peer.rpc.fisher_service import FisherServicer, fetch_blob  # noqa: E402
-from fiun_peer.rpc.server import make_server  # noqa: E402
-from fiun_peer.store import Store  # noqa: E402
+from bench.bench_timing import interleaved, median, paired_ratio, summary, write_cases
+from fiun_peer.identity import Identity
+from fiun_peer.records import build_announcement
+from fiun_peer.rpc.fisher_service import FisherServicer, fetch_blob
+from fiun_peer.rpc.server import make_server
+from fiun_peer.store import Store
 
 MB = 1 << 20
 COMMAND = ".venv/bin/python bench/bench_pull.py --seed {seed} --json results/bench_pull.json"
@@ -125,9 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{c['ratios']['grpc_over_socket_time']:15.1f}× {c['bytes_equal']!s:>11s}", flush=True)
             cases.append(c)
     if a.json:
-        write_json({"benchmark": "pull", "seed": a.seed, "quick": a.quick, "rounds": rounds,
-                    "command": COMMAND.format(seed=a.seed) + (" --quick" if a.quick else ""),
-                    "machine": machine(), "cases": cases}, a.json)
+        write_cases(a.json, "pull", a, rounds=rounds, command=COMMAND.format(seed=a.seed), cases=cases)
         print(f"wrote {a.json}", file=sys.stderr)
     return 0
 

@@ -1,4 +1,5 @@
-"""Shared helpers for the bench/ micro-benchmarks: interleaved timing and JSON output.
+"""Shared helpers for the bench/ micro-benchmarks: interleaved timing (the machine record and JSON
+writer are simulations.report's).
 
 Absolute times on a small shared machine are noise; what is comparable is a *ratio* measured side by
 side. So every contender runs once per round, in an order rotated each round, and ratios are taken
@@ -7,17 +8,15 @@ per round (paired) before the median, which cancels load that drifts between rou
 
 from __future__ import annotations
 
-import json
+import argparse
 import math
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
+from simulations import report
 
 CLOCKS = {"wall": time.perf_counter, "thread_cpu": time.thread_time}  # bound now, before any swap
 
@@ -87,13 +86,15 @@ def summary(samples: list[float]) -> dict[str, float]:
     return {"median_s": median(samples), "p25_s": float(qs[0]), "p75_s": float(qs[2]), "rounds": len(samples)}
 
 
-def machine() -> dict:
-    """What the numbers were measured on (the note BENCHMARKS.md prints)."""
-    return {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "platform": platform.platform()}
-
-
 def write_json(obj: dict, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
+    """simulations.report.write_json, indented by one (the results/bench_*.json files as they are)."""
+    report.write_json(obj, path, indent=1)
+
+
+def write_cases(path: str | Path, benchmark: str, args: argparse.Namespace, *, rounds: int, command: str,
+                cases: list[dict], **extra: object) -> None:
+    """The results/bench_NAME.json record of a micro-benchmark run with ``--seed`` and ``--quick``:
+    its cases, the command that reproduces them and the machine they were measured on."""
+    write_json({"benchmark": benchmark, "seed": args.seed, "quick": args.quick, "rounds": rounds, **extra,
+                "command": command + (" --quick" if args.quick else ""), "machine": report.machine(),
+                "cases": cases}, path)

@@ -9,9 +9,13 @@ named as missing.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+
+from simulations.report import machine_text, md_rows
 
 RENDER_COMMAND = ".venv/bin/python bench/benchmarks_md.py --results results --out BENCHMARKS.md"
 
@@ -25,25 +29,28 @@ def _x(v: float | None, d: int = 2) -> str:
     return "–" if v is None else f"{v:,.{d}f}"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
-            *("| " + " | ".join(r) + " |" for r in rows)]
-
-
 def _missing(name: str) -> list[str]:
     return [f"_Not run yet: `results/bench_{name}.json` is missing._", ""]
 
 
+def _section(title: str, name: str) -> Callable[[Callable[[dict], list[str]]], Callable[[dict | None], list[str]]]:
+    """A section of the document: its title, then what ``body(d)`` says of results/bench_NAME.json, or
+    that the file is missing."""
+    def wrap(body: Callable[[dict], list[str]]) -> Callable[[dict | None], list[str]]:
+        @functools.wraps(body)
+        def section(d: dict | None) -> list[str]:
+            return [title, ""] + (_missing(name) if d is None else body(d))
+        return section
+    return wrap
+
+
 def _machine(d: dict) -> str:
-    m = d.get("machine", {})
-    return (f"{m.get('cpus', '?')} CPUs, torch {m.get('torch', '?')} on {m.get('torch_threads', '?')} thread(s), "
-            f"Python {m.get('python', '?')}")
+    return machine_text(d.get("machine", {}))
 
 
-def fisher_section(d: dict | None) -> list[str]:
-    out = ["## Fisher of a Linear head: closed form vs torch.func vs a naive loop, and vs the forward pass", ""]
-    if d is None:
-        return out + _missing("fisher")
+@_section("## Fisher of a Linear head: closed form vs torch.func vs a naive loop, and vs the forward pass", "fisher")
+def fisher_section(d: dict) -> list[str]:
+    out: list[str] = []
     out += [f"Command (seed {d['seed']}): `{d['command']}` — {d['rounds']} interleaved rounds per case; "
             f"{_machine(d)}. Clock: the benchmarking thread's CPU time (torch runs on that one thread), so time "
             "other processes held the core is left out.", "",
@@ -61,7 +68,7 @@ def fisher_section(d: dict | None) -> list[str]:
                      _x(r["head_features_over_backbone"], 3), _x(r["closed_over_backbone"], 3),
                      _x(r["torch_func_over_closed"], 1) + "×", _x(r.get("naive_over_closed"), 0) + "×",
                      f"{max(a.values()):.1e}", "yes" if c["target_met"] else "**no**"])
-    out += _table(["model", "N", "head", "backbone ms (CPU)", "fwd+F / backbone", "head_features / backbone",
+    out += md_rows(["model", "N", "head", "backbone ms (CPU)", "fwd+F / backbone", "head_features / backbone",
                    "F / backbone", "torch.func / F", "naive / F", "max rel. diff", f"≤ {d['target']}"], rows)
     met = [c for c in d["cases"] if c["target_met"]]
     missed = [f"{c['model']}/N={c['n']}" for c in d["cases"] if not c["target_met"]]
@@ -74,10 +81,9 @@ def fisher_section(d: dict | None) -> list[str]:
     return out
 
 
-def pull_section(d: dict | None) -> list[str]:
-    out = ["## Fisher pull over gRPC vs a raw loopback socket", ""]
-    if d is None:
-        return out + _missing("pull")
+@_section("## Fisher pull over gRPC vs a raw loopback socket", "pull")
+def pull_section(d: dict) -> list[str]:
+    out: list[str] = []
     out += [f"Command (seed {d['seed']}): `{d['command']}` — {d['rounds']} alternating rounds per size; "
             f"{_machine(d)}; wall clock.", "",
             "`gRPC` = a real gRPC server with the real `FisherServicer` over a real `Store`, pulled with "
@@ -89,15 +95,14 @@ def pull_section(d: dict | None) -> list[str]:
              _x(c["ratios"]["grpc_over_socket_sha256_time"], 1) + "×",
              f"{100 * c['ratios']['grpc_throughput_fraction_of_socket']:.0f}%", str(c["bytes_equal"]).lower()]
             for c in d["cases"]]
-    out += _table(["blob MiB", "gRPC MiB/s", "socket MiB/s", "socket+sha256 MiB/s", "gRPC time / socket",
+    out += md_rows(["blob MiB", "gRPC MiB/s", "socket MiB/s", "socket+sha256 MiB/s", "gRPC time / socket",
                    "gRPC time / socket+sha256", "gRPC throughput as % of socket", "bytes equal"], rows)
     return out + [""]
 
 
-def baselines_section(d: dict | None) -> list[str]:
-    out = ["## FIUn vs the baselines on the same graph", ""]
-    if d is None:
-        return out + _missing("baselines")
+@_section("## FIUn vs the baselines on the same graph", "baselines")
+def baselines_section(d: dict) -> list[str]:
+    out: list[str] = []
     methods = ["retrain", "finetune", "gradient_ascent", "distill"]
     s = d["settings"]
     out += [f"Command (seed {d['seed']}): `{d['command']}` — {d['rounds']} round(s) per graph; {_machine(d)}; "
@@ -117,7 +122,7 @@ def baselines_section(d: dict | None) -> list[str]:
                      str(c["subgraph_nodes"]), _x(c["seconds"]["fiun"] * 1e3, 1),
                      *(f"{_x(c['seconds'][m], 2)} s / {_x(c['speedup'][m], 0)}×"
                        + ("" if c["target_met"][m] else " (<100)") for m in methods)])
-    out += _table(["graph", "C_f", "nodes", "FIUn ms", "re-train", "fine-tune", "gradient ascent", "distill"], rows)
+    out += md_rows(["graph", "C_f", "nodes", "FIUn ms", "re-train", "fine-tune", "gradient ascent", "distill"], rows)
     if d.get("complete") is False:
         out += ["", f"_Partial run: the command was interrupted after {len(d['cases'])} graph(s)._"]
     met = {m: sum(c["target_met"][m] for c in d["cases"]) for m in methods}
@@ -186,10 +191,9 @@ def formats_targets(fm: dict | None, cs: dict | None) -> list[str]:
     return out
 
 
-def formats_section(d: dict | None) -> list[str]:
-    out = ["## Models in their own formats: forward + Fisher vs forward, and disk per version", ""]
-    if d is None:
-        return out + _missing("formats")
+@_section("## Models in their own formats: forward + Fisher vs forward, and disk per version", "formats")
+def formats_section(d: dict) -> list[str]:
+    out: list[str] = []
     out += [f"Command (seed {d['seed']}): `{d['command']}` — {d['rounds']} interleaved rounds per case (3 for the "
             f"224×224 case); {_machine(d)}. Clock: the benchmarking thread's CPU time.", "",
             "Each model is loaded the way its peer loads it (`fiun_peer.formats.prepare`: torchvision and "
@@ -204,7 +208,7 @@ def formats_section(d: dict | None) -> list[str]:
              str(c["chunk"]), _x(c["times"]["forward"]["median_s"] * 1e3, 1),
              _x(c["times"]["fisher_fwd"]["median_s"] * 1e3, 1), _x(c["ratio"], 3),
              "yes" if c["target_met"] else "**no**"] for c in d["cases"]]
-    out += _table(["model", "format", "N", "input", "head", "chunk", "forward ms (CPU)", "fwd+F ms (CPU)",
+    out += md_rows(["model", "format", "N", "input", "head", "chunk", "forward ms (CPU)", "fwd+F ms (CPU)",
                    "fwd+F / forward", "≤ 1.2"], rows) + [""]
     out += ["The Fisher of a Linear head is two head-sized products on the features, so next to a "
             "ResNet-18's backbone it costs nothing measurable; and `fwd+F` skips the head's own matmul, "
@@ -223,16 +227,15 @@ def formats_section(d: dict | None) -> list[str]:
                      f"{x['blobs_after']:,}", f"{x['blobs_if_whole']:,}",
                      f"{x['blobs_if_whole'] / x['blobs_after']:.1f}×",
                      _x(x["seconds_per_version"]["median_s"], 3), "yes" if x["rebuilt_matches_digest"] else "**no**"])
-    out += _table(["model", "format", "artifact (B)", "head per version (B)", f"blobs after {d['disk'][0]['versions'] + 1} "
+    out += md_rows(["model", "format", "artifact (B)", "head per version (B)", f"blobs after {d['disk'][0]['versions'] + 1} "
                    "versions, head-only (B)", "if stored whole (B)", "saved", "s per new version (digest of the "
                    "whole artifact)", "rebuilt = digest"], rows)
     return out + [""]
 
 
-def cifar_section(d: dict | None) -> list[str]:
-    out = ["## FIUn vs re-training on a workload shaped like the paper's (ResNet-18, CIFAR-100-shaped, FL)", ""]
-    if d is None:
-        return out + _missing("cifar_speedup")
+@_section("## FIUn vs re-training on a workload shaped like the paper's (ResNet-18, CIFAR-100-shaped, FL)", "cifar_speedup")
+def cifar_section(d: dict) -> list[str]:
+    out: list[str] = []
     out += [f"Command (seed {d['seed']}): `{d['command']}`; {_machine(d)}; wall-clock seconds.", "",
             f"Data: `{d['dataset']}` ({d['train_samples']:,} training samples, 3×32×32, {d['classes']} classes, "
             "built locally from the real digits: digit × one of ten tints). Model: torchvision "
@@ -252,7 +255,7 @@ def cifar_section(d: dict | None) -> list[str]:
              f"{_x(n['original']['ad_r'])} / {_x(n['original']['ad_f'])}",
              f"{_x(n['fiun']['ad_r'])} / {_x(n['fiun']['ad_f'])}",
              {True: "yes", False: "**no**", None: "–"}[n.get("equals_centralized")]] for n in d["nodes"]]
-    out += _table(["model", "own samples", "re-training, one epoch (s)", "epochs", "re-training estimate (s)",
+    out += md_rows(["model", "own samples", "re-training, one epoch (s)", "epochs", "re-training estimate (s)",
                    "original AD_r / AD_f (one epoch)", "FIUn AD_r / AD_f", "peers = centralized"], rows) + [""]
     net = ""
     if d.get("speedup_network"):
@@ -270,17 +273,16 @@ def cifar_section(d: dict | None) -> list[str]:
     return out
 
 
-def fiun_update_section(d: dict | None) -> list[str]:
-    out = ["## FIUn's time per node: the forget-row restriction against the defaults before it", ""]
-    if d is None:
-        return out + _missing("fiun_update")
+@_section("## FIUn's time per node: the forget-row restriction against the defaults before it", "fiun_update")
+def fiun_update_section(d: dict) -> list[str]:
+    out: list[str] = []
     out += [f"Command (seed {d['seed']}): `{d['command']}` — {d['rounds']} interleaved rounds per case; "
             f"{_machine(d)}. Clock: the benchmarking thread's CPU time.", "",
             "`fiun_peer.unlearn.apply_fiun` for one model (Eqs. 5-6 on the head, the new state dict), the work "
             "each peer does per model at request time once the Fishers are in hand: `new` = `FIUnSettings()` "
             "(rows=forget, γ=0, head centred on the retained classes), `old` = the defaults before issue 13 "
             f"(rows=all, γ=3). Target: new ≤ {d['target']:g} × old.", ""]
-    out += _table(["model (head)", "discovery Fishers", "old ms (CPU)", "new ms (CPU)", "new / old", f"≤ {d['target']:g}"],
+    out += md_rows(["model (head)", "discovery Fishers", "old ms (CPU)", "new ms (CPU)", "new / old", f"≤ {d['target']:g}"],
                   [[r["model"], str(r["discovery_fishers"]), _x(1e3 * r["old"]["median_s"], 3),
                     _x(1e3 * r["new"]["median_s"], 3), _x(r["new_over_old"]), "yes" if r["meets"] else "**no**"]
                    for r in d["rows"]])

@@ -2,7 +2,7 @@
 
     nice .venv/bin/python bench/exp_cifar_speedup.py --seed 0 --network --json results/bench_cifar_speedup.json
 
-Data: ``cifar100-shaped`` (fiun_peer.data: 3x32x32, 100 classes, 20,000 training and 5,000 test
+Data: ``cifar100-shaped`` (simulations.data: 3x32x32, 100 classes, 20,000 training and 5,000 test
 samples built locally from the real digits). Model: torchvision ResNet-18 (11.2 M parameters,
 published as ``torchvision`` + safetensors). Graph: the paper's FL lineage (``--framework fl``: 5
 clients with 16% of every class each -> FedAvg ``g`` -> ``a`` -> ``b`` with 7.5% each).
@@ -26,15 +26,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_timing import machine, write_json  # noqa: E402
-
-from fiun_peer.core.fiun import FIUnSettings  # noqa: E402
-from simulations.centralized import SimConfig, prepare, run_on_stage  # noqa: E402
-from simulations.harness import NetworkOptions, run_network_on_stage  # noqa: E402
-from simulations.topology import builtin  # noqa: E402
+from bench.bench_timing import write_json
+from fiun_peer.core.fiun import FIUnSettings
+from simulations.centralized import SimConfig, prepare, run_on_stage
+from simulations.harness import NetworkOptions, run_network_on_stage
+from simulations.report import machine
+from simulations.topology import builtin
 
 MODEL, DATASET = "torchvision:resnet18", "cifar100-shaped"
 COMMAND = ("nice .venv/bin/python bench/exp_cifar_speedup.py --seed {seed}{net} --json "

@@ -19,13 +19,11 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from fiun_peer.core.fiun import FIUnSettings  # noqa: E402
-from simulations import byom  # noqa: E402
-from simulations.centralized import SimConfig, prepare, run_on_stage  # noqa: E402
-from simulations.harness import NetworkOptions, run_network_on_stage  # noqa: E402
-from simulations.report import write_json  # noqa: E402
+from fiun_peer.core.fiun import FIUnSettings
+from simulations import byom
+from simulations.centralized import SimConfig, prepare, run_on_stage
+from simulations.harness import NetworkOptions, run_network_on_stage
+from simulations.report import write_json
 
 MODELS = ("torchvision:resnet18", "hf-vit-tiny", "hf-bert-tiny", "torch-export:bn-cnn")
 LABEL_SETS = ((2,), (2, 9))

@@ -18,18 +18,15 @@ import argparse
 import hashlib
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import _netexp as nx
-
 from fiun_peer.core.fiun import FIUnSettings
-from fiun_peer.rpc.generated.fiun.v1 import admin_pb2
 from fiun_peer.tensors import to_bytes
+from simulations import observe as nx
 from simulations.centralized import SimConfig, prepare, run_fiun
 from simulations.network import publish_stage
-from simulations.report import json_ready
+from simulations.report import fmt, json_ready, load_text, machine_load
 from simulations.topology import binary_tree, broom, root_chain
 from simulations.training import train_graph
 
@@ -96,20 +93,19 @@ def measure(shape: str, depth: int, *, reps: int, seed: int, workdir: Path, star
         publish_stage(stage, owners, timeout=startup_timeout)
         for p in cluster.peers:
             nx.wait_lineage(p, len(names), timeout=startup_timeout)
-        load_before = nx.machine_load()
+        load_before = machine_load()
         for r, forget in enumerate(forgets):
             run = nx.run_request(owners["n0"], owners, cluster.peers, forget, f"hd-{shape}-{depth}-{r}",
                                  timeout=request_timeout)
             if r == 0:  # a first request on the original versions: the centralized reference applies
-                done = {m.model_id: m for m in nx.call(owners["n0"].admin.GetRequest, admin_pb2.GetRequestRequest(
-                    request_id=run["request_id"])).models}
+                done = {m.model_id: m for m in nx.patient(owners["n0"]).get_request(run["request_id"]).models}
                 run["equals_centralized"] = {m: done[m].new_digest == d for m, d in expected.items()}
             runs.append(run)
             log(f"  {shape} D={depth} rep {r}: last receipt at requester {run['last_receipt_at_requester']:.2f}s, "
                 f"last applied {run['last_applied']:.2f}s, peer CPU {run['request_cpu_s']:.2f}s, retrain cumulative {retrain[r]['cumulative_s']:.3f}s "
                 f"(CPU {retrain[r]['cumulative_cpu_s']:.3f}s)")
         events = {p.name: nx.peer_events(p, "fisher_announced") for p in cluster.peers}
-        connected = [nx.call(p.admin.Status, admin_pb2.StatusRequest()).connected_peers for p in cluster.peers]
+        connected = [nx.patient(p).status().connected_peers for p in cluster.peers]
         ends = [r["t_submit"] for r in runs[1:]] + [time.time()]
         for run, end in zip(runs, ends, strict=True):   # how the receipts reached the requester
             run["receipts_at_requester"] = nx.receipt_arrivals(owners["n0"], run, end)
@@ -184,14 +180,10 @@ def run_hyper_distance(*, depths=(2, 4, 8, 16), shapes=("chain", "tree", "broom"
                        request_timeout: float = 300.0, connect: str = "star", log=print,
                        on_cell=None) -> dict:
     """Every (shape, depth) cell; ``on_cell(partial_result)`` after each one (to save progress)."""
-    tmp = None
-    if workdir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="fiun-hd-")
-        workdir = Path(tmp.name)
     t0 = time.time()
-    load_start = nx.machine_load()
+    load_start = machine_load()
     cells = []
-    try:
+    with nx.scratch(workdir, "fiun-hd-") as workdir:
         for shape in shapes:
             for d in depths:
                 log(f"{shape} D={d}: training, re-training, starting peers")
@@ -200,13 +192,10 @@ def run_hyper_distance(*, depths=(2, 4, 8, 16), shapes=("chain", "tree", "broom"
                                      connect=connect, log=log))
                 if on_cell:
                     on_cell({"experiment": "hyper_distance", "partial": True, "seed": seed, "cells": cells})
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
     ratios = ratios_of(cells)
     return {"experiment": "hyper_distance", "seed": seed, "model": "mlp", "dataset": "digits", "reps": reps,
             "forgets": [list(f) for f in FORGETS[:reps]], "sync_interval_s": 2.0, "connect": connect,
-            "load_at_start": load_start, "load_at_end": nx.machine_load(), "wall_s": time.time() - t0,
+            "load_at_start": load_start, "load_at_end": machine_load(), "wall_s": time.time() - t0,
             "cells": cells, "ratios": ratios, "target": "t(D=16)/t(D=2) <= 1.5 for FIUn on peers"}
 
 
@@ -245,7 +234,7 @@ def plot(result: dict, path: Path, command: str) -> Path:
 
 
 def _table(result: dict) -> list[str]:
-    f = nx.fmt
+    f = fmt
     lines = ["| shape | D | models | FIUn on peers (s) | last apply (s) | all receipts everywhere (s) | "
              "peers' CPU / cores (s) | CPU per peer, median / max (s) | receipts at n0 via push / gossip / sync | "
              "libp2p conns min–max | FIUn compute (s) | re-training cumulative, wall / CPU (s) | applied | "
@@ -286,12 +275,12 @@ def reading(result: dict) -> list[str]:
             f"{hi['runs'][0]['cores']} cores: wall / (peers' CPU / cores) = "
             f"{lo['fiun_peers_s'] / lo['peer_cpu_floor_s']:.2f} at D={lo['depth']} ({lo['models']} processes) and "
             f"{hi['fiun_peers_s'] / hi['peer_cpu_floor_s']:.2f} at D={hi['depth']} ({hi['models']} processes). "
-            f"A peer's own work, median over peers: {nx.fmt(lo['per_peer_cpu_median_s'], 3)} → "
-            f"{nx.fmt(hi['per_peer_cpu_median_s'], 3)} s of CPU; the busiest peer ({top} in {busiest.count(top)} "
+            f"A peer's own work, median over peers: {fmt(lo['per_peer_cpu_median_s'], 3)} → "
+            f"{fmt(hi['per_peer_cpu_median_s'], 3)} s of CPU; the busiest peer ({top} in {busiest.count(top)} "
             f"of {len(busiest)} requests; n0 is the requester and the discovery node, and takes a receipt from "
-            f"every model) spent {nx.fmt(lo['per_peer_cpu_max_s'], 3)} → "
-            f"{nx.fmt(hi['per_peer_cpu_max_s'], 3)} s. No model waits on its ancestors: at D={hi['depth']} every "
-            f"owner had the request by {nx.fmt(took_up)} s (median over requests) and pulled n0's Fisher "
+            f"every model) spent {fmt(lo['per_peer_cpu_max_s'], 3)} → "
+            f"{fmt(hi['per_peer_cpu_max_s'], 3)} s. No model waits on its ancestors: at D={hi['depth']} every "
+            f"owner had the request by {fmt(took_up)} s (median over requests) and pulled n0's Fisher "
             f"directly; {src['push']} of the {remote} receipts from other peers reached n0 by direct push, "
             f"{src['sync']} by sync, {src['gossip']} by gossip. " + (
                 "So here t grows with the number of processes sharing the cores, not with the distance "
@@ -306,9 +295,8 @@ def _header(result: dict) -> str:
     wall = f"{result['wall_s'] / 60:.1f} min in all" if result.get("wall_s") else "run time not recorded"
     text = (f"Command: `.venv/bin/python {result['command']}` (seed {result['seed']}, MLP on digits, median of "
             f"{result['reps']} requests per cell, forget labels {result['forgets']}, held by the root only; "
-            f"libp2p bootstrap: {result['connect']}). Load average at start "
-            f"{result['load_at_start']['loadavg_1_5_15']} on {result['load_at_start']['cpus']} CPUs, at end "
-            f"{result['load_at_end']['loadavg_1_5_15']}; {wall}.")
+            f"libp2p bootstrap: {result['connect']}). {load_text(result['load_at_start'], result['load_at_end'])}; "
+            f"{wall}.")
     if result.get("partial"):
         done = ", ".join(f"{c['shape']} D={c['depth']}" for c in result["cells"])
         text += f" **Partial run**: only these cells finished before the run was stopped: {done}."

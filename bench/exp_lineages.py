@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         docs = [json.loads(Path(p).read_text()) for p in a.report]
         section = report(docs, a.png)
         if a.results_md:
-            from _netexp import write_section
+            from simulations.observe import write_section
 
             write_section("lineages", section, Path(a.results_md))
         else:

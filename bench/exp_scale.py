@@ -17,16 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import _netexp as nx
 import psutil
 
+from simulations import observe as nx
 from simulations.centralized import SimConfig, prepare
 from simulations.network import publish_stage
-from simulations.report import json_ready
+from simulations.report import fmt, json_ready, load_text, machine_load
 from simulations.topology import fl_n
 
 FORGETS = [(2,), (5,), (9,)]
@@ -66,7 +65,7 @@ def measure(n: int, *, reps: int, seed: int, workdir: Path, startup_timeout: flo
             time.sleep(0.5)            # the last store events are in the logs
             before = time.time()
             lineage = nx.publish_times(cluster.peers, before=before)
-            load = nx.machine_load()
+            load = machine_load()
             runs = []
             for r, forget in enumerate(FORGETS[:reps]):
                 run = nx.run_request(owners["c1"], owners, cluster.peers, forget, f"scale-{n}-{r}",
@@ -78,7 +77,7 @@ def measure(n: int, *, reps: int, seed: int, workdir: Path, startup_timeout: flo
         for run, end in zip(runs, ends, strict=True):   # how the receipts reached the requester
             run["receipts_at_requester"] = nx.receipt_arrivals(owners["c1"], run, end)
             run["request_paths"] = nx.request_paths(owners, run, end)
-        connected = [nx.call(p.admin.Status, nx.admin_pb2.StatusRequest()).connected_peers for p in cluster.peers]
+        connected = [nx.patient(p).status().connected_peers for p in cluster.peers]
     return {
         "n_peers": n, "clients": n - 1, "startup_s": startup_s, "settle_before_publish": settle_before_publish,
         "publish_s": publish_s, "load_during_requests": load,
@@ -99,15 +98,11 @@ def run_scale(*, sizes=(8, 16, 32, 64), reps: int = 3, seed: int = 0, workdir: P
               startup_timeout: float = 900.0, request_timeout: float = 600.0, connect: str = "star",
               log=print, on_cell=None) -> dict:
     """Every size; ``on_cell(partial_result)`` after each one (to save progress)."""
-    tmp = None
-    if workdir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="fiun-scale-")
-        workdir = Path(tmp.name)
     t0 = time.time()
-    load_start = nx.machine_load()
+    load_start = machine_load()
     cells, skipped = [], []
     uss = DEFAULT_USS_MIB
-    try:
+    with nx.scratch(workdir, "fiun-scale-") as workdir:
         for n in sizes:
             ok, why = fits(n, uss)
             if not ok:
@@ -121,12 +116,9 @@ def run_scale(*, sizes=(8, 16, 32, 64), reps: int = 3, seed: int = 0, workdir: P
             if on_cell:
                 on_cell({"experiment": "scale", "partial": True, "seed": seed, "cells": cells, "skipped": skipped})
             uss = cell["memory"]["peak_uss_mib"]["max"] or uss
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
     return {"experiment": "scale", "seed": seed, "model": "mlp", "dataset": "digits", "reps": reps,
             "topology": "fl_n(N-1): N-1 clients -> g (FedAvg), one peer per model", "peers_per_process": 1, "connect": connect,
-            "sync_interval_s": 2.0, "load_at_start": load_start, "load_at_end": nx.machine_load(),
+            "sync_interval_s": 2.0, "load_at_start": load_start, "load_at_end": machine_load(),
             "wall_s": time.time() - t0, "cells": cells, "skipped": skipped}
 
 
@@ -179,11 +171,10 @@ def plot(result: dict, path: Path, command: str) -> Path:
 
 
 def section(result: dict, command: str, png: str) -> str:
-    f = nx.fmt
+    f = fmt
     lines = ["## Scale on real peers (experiment 3)", "",
              f"Command: `.venv/bin/python {command}` (seed {result['seed']}, MLP on digits, median of "
-             f"{result['reps']} requests per size). Load average at start {result['load_at_start']['loadavg_1_5_15']} "
-             f"on {result['load_at_start']['cpus']} CPUs, at end {result['load_at_end']['loadavg_1_5_15']}; "
+             f"{result['reps']} requests per size). {load_text(result['load_at_start'], result['load_at_end'])}; "
              + (f"total {result['wall_s'] / 60:.1f} min." if result.get("wall_s") else "run time not recorded.")
              + (" **Partial run**: only the sizes in the table finished before the run was stopped."
                 if result.get("partial") else ""), "",

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/idle_cpu.py --peers 32 --windows 6
 
-Starts N ``fiun-peer`` processes the way the experiments do (``_netexp.make_cluster``: everyone
+Starts N ``fiun-peer`` processes the way the experiments do (``simulations.observe.make_cluster``: everyone
 bootstraps to the first, sync every 2 s), publishes nothing, and prints the CPU-seconds per second
 all of them burn in each 10-s window from the moment the last one is up (total, and max / median
 per peer). A network just started is still greeting and syncing; a healthy one then falls to a
@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import _netexp as nx
+from simulations import observe as nx
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,13 +23,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import grpc
 import torch
 
-from fiun_peer.auth import TOKEN_FILE, load_token
 from fiun_peer.models import build_model
-from fiun_peer.rpc.channel import open_channel
-from fiun_peer.rpc.generated.fiun.v1 import admin_pb2, admin_pb2_grpc
+from fiun_peer.rpc.admin_client import AdminClient, RpcFailure
+from fiun_peer.rpc.auth import TOKEN_FILE, load_token
 from fiun_peer.tensors import to_bytes
 from simulations.peers import PeerCluster
 
@@ -40,10 +38,9 @@ def _publish_tiny_model(peer) -> None:
     torch.manual_seed(0)
     model = build_model("mlp", (1, 8, 8), 10, seed=0)
     y = torch.tensor([0, 1] * 10)
-    peer.admin.PublishModel(admin_pb2.PublishModelRequest(
-        model_id="load-model", weights=to_bytes(model.state_dict()),
-        data=to_bytes({"x": torch.rand(len(y), 1, 8, 8), "y": y}),
-        architecture_json=json.dumps({"model": "mlp", "in_shape": [1, 8, 8], "num_classes": 10})), timeout=120)
+    peer.client.publish("load-model", to_bytes(model.state_dict()), to_bytes({"x": torch.rand(len(y), 1, 8, 8), "y": y}),
+                        architecture_json=json.dumps({"model": "mlp", "in_shape": [1, 8, 8], "num_classes": 10}),
+                        timeout=120)
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -79,8 +76,8 @@ def run_load(root: Path, *, calls: int = 2000, clients: int = 8, requests: int =
         chunks = [plan[i::clients] for i in range(clients)]
 
         def client(index: int, methods: list[str]) -> None:
-            with open_channel(alice.admin_address, token=token) as channel:
-                stub = admin_pb2_grpc.AdminServiceStub(channel)
+            with AdminClient(alice.admin_address, token=token, timeout=60) as admin:  # one channel per client
+                reads = {"Status": admin.status, "ListLineage": admin.list_lineage, "ListReceipts": admin.list_receipts}
                 for n, method in enumerate(methods):
                     rid = f"load-{index}-{n}"
                     with lock:
@@ -88,20 +85,19 @@ def run_load(root: Path, *, calls: int = 2000, clients: int = 8, requests: int =
                     t0 = time.perf_counter()
                     try:
                         if method == "RequestUnlearning":
-                            stub.RequestUnlearning(admin_pb2.RequestUnlearningRequest(
-                                forget_labels=FORGET, request_id=rid, force=True), timeout=60)  # any labels
+                            admin.request_unlearning(FORGET, request_id=rid, force=True)  # any labels
                             with lock:
                                 made.append(rid)
                         elif method == "GetRequest":
                             if known:
-                                stub.GetRequest(admin_pb2.GetRequestRequest(request_id=known), timeout=60)
+                                admin.get_request(known)
                             else:
-                                stub.Status(admin_pb2.StatusRequest(), timeout=60)
+                                admin.status()
                         else:
-                            getattr(stub, method)(getattr(admin_pb2, f"{method}Request")(), timeout=60)
-                    except grpc.RpcError as exc:
+                            reads[method]()
+                    except RpcFailure as exc:
                         with lock:
-                            errors.append(f"{method}: {exc.code().name}: {exc.details()}")
+                            errors.append(f"{method}: {exc.code}: {exc.message}")
                         continue
                     with lock:
                         latencies[method].append(time.perf_counter() - t0)
@@ -125,7 +121,7 @@ def run_load(root: Path, *, calls: int = 2000, clients: int = 8, requests: int =
                 break
             time.sleep(0.5)
         converge = time.perf_counter() - t1
-        status = alice.admin.Status(admin_pb2.StatusRequest(), timeout=30)
+        status = alice.client.status(timeout=30)
     every = [x for v in latencies.values() for x in v]
     return {
         "calls": calls, "clients": clients, "requests": requests, "seed": seed,

@@ -15,8 +15,10 @@ import json
 import sys
 from pathlib import Path
 
-MARKER = "<!-- network results below -->"
-BEGIN, END = "<!-- section:network -->", "<!-- /section:network -->"
+from simulations.report import RESULTS_MARKER, section_markers, write_section
+
+MARKER = RESULTS_MARKER
+BEGIN, END = section_markers("network")
 PAPER_NODES = ("g", "a", "b")
 
 
@@ -244,19 +246,6 @@ def render(doc: dict, plots: list[str]) -> str:
         lines.append("")
     lines.append(END)
     return "\n".join(lines)
-
-
-def write_section(path: Path, section: str) -> None:
-    """Replace our section (or add it after the marker, or at the end); keep everything else."""
-    text = path.read_text() if path.exists() else ""
-    if BEGIN in text and END in text:
-        a, b = text.index(BEGIN), text.index(END) + len(END)
-        text = text[:a] + section + text[b:]
-    elif MARKER in text:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    else:
-        text = text.rstrip("\n") + "\n\n" + MARKER + "\n\n" + section + "\n"
-    path.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 from statistics import mean
 
-from simulations.report import quality
+from simulations.report import RESULTS_MARKER, fmt, md_table, quality
 
-MARKER = "<!-- network results below -->"
+MARKER = RESULTS_MARKER
 COMMAND = ".venv/bin/python bench/results_centralized.py --seed {seed} --out results/centralized.json"
 PAPER_COMMAND = ".venv/bin/python bench/results_centralized.py --seed {seed} --paper --out results/centralized_paper.json"
 RENDER_COMMAND = (".venv/bin/python bench/results_md.py results/centralized.json "
@@ -31,10 +31,6 @@ BASELINE_ORDER = ("finetune", "gradient_ascent", "distill")
 
 # ---------------------------------------------------------------- small helpers
 
-def fmt(v: float | None, digits: int = 2) -> str:
-    return "–" if v is None else f"{v:.{digits}f}"
-
-
 def fmt_x(v: float | None) -> str:
     return "–" if v is None else f"{v:,.0f}×"
 
@@ -46,12 +42,6 @@ def labels_str(forget) -> str:
 def _mean(values) -> float | None:
     vs = [v for v in values if v is not None]
     return mean(vs) if vs else None
-
-
-def md_table(header: list[str], rows: list[list[str]]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(out)
 
 
 def delta_acc(nodes: list[dict], key: str) -> float | None:

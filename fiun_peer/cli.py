@@ -10,15 +10,15 @@ import re
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import grpc
 
 from .home import HOME_ENV, home_from_env, home_path
 
 if TYPE_CHECKING:
     from .identity import Identity
+    from .rpc.admin_client import AdminClient
 
 DESCRIPTION = """\
 A fiun-peer daemon owns models in a decentralized machine-unlearning network. Peers gossip signed
@@ -128,6 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"fiun-peer {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
+    _add_init(sub)
+    _add_run(sub)
+    _add_health(sub)
+    _add_admin(sub)
+    return p
+
+
+def _add_init(sub: argparse._SubParsersAction) -> None:
     i = sub.add_parser("init", help="create a peer home: Ed25519 identity key (mode 0600)")
     i.add_argument("--home", type=home_path, metavar="HOME", help=HOME_HELP)
     i.add_argument("--name", required=True, help="a human-readable peer name")
@@ -137,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--admin-token", type=Path, metavar="FILE",
                    help="use the token in this file (e.g. a mounted Secret) as HOME/admin.token (0600)")
 
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("run", help="run the daemon (gossip, gRPC services, unlearning agent)",
                        formatter_class=RunHelpFormatter,
                        description="Run the daemon. Every option is also an environment variable FIUN_<OPTION> "
@@ -187,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "one Ed25519 public key (64 hex) or libp2p peer id per line, # comments; callers sign each "
                         "call with their peer key (default: open to anyone)")
 
+
+
+def _add_health(sub: argparse._SubParsersAction) -> None:
     h = sub.add_parser("health", help="ask a daemon's gRPC health service; exit 0 when SERVING")
     h.add_argument("--target", metavar="HOST:PORT",
                    help="the daemon's gRPC address (default: from --home's run.json, on loopback for a "
@@ -197,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--tls-ca", type=Path, metavar="PEM",
                    help="the daemon serves TLS: verify it against this CA (default with --home: its --tls-ca)")
 
+
+
+def _add_admin(sub: argparse._SubParsersAction) -> None:
     # The admin options are accepted before and after the action (`admin --home A status` and
     # `admin status --home A`): every parser gets them with SUPPRESS defaults, so a value given in
     # one place is not overwritten by the other's default; peer_main fills in ADMIN_DEFAULTS.
@@ -226,6 +243,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     action("status", "peer identity, addresses, record count, counters")
     action("lineage", "the lineage graph this peer knows")
+    _add_publish(asub, shared)
+    ex = action("export", "write the weights of a model version this peer owns to a file")
+    ex.add_argument("--model-id", required=True)
+    which = ex.add_mutually_exclusive_group()
+    which.add_argument("--version", type=int, default=0, help="the version number (default: the current version)")
+    which.add_argument("--digest", default="", help="the version's sha256 digest")
+    ex.add_argument("--out", required=True, type=Path,
+                    help="where to write the artifact (mode 0600): a safetensors or .pt2 file, or for an hf model a "
+                         "folder with config.json and model.safetensors")
+    un = action("unlearn", "submit an unlearning request")
+    un.add_argument("--labels", required=True, type=_labels, help="labels to forget, e.g. 2,9")
+    un.add_argument("--id", default="", help="request id (default: generated); requests are idempotent by id")
+    un.add_argument("--settings", default="", help='FIUn settings JSON, e.g. {"gamma": 3.0}')
+    un.add_argument("--force", action="store_true",
+                    help="accept labels that no model of the lineage holds yet (for models that join later); "
+                         "without it such a request is refused and nothing is signed")
+    rq = action("request", "progress of a request: affected models, receipts, why pending")
+    rq.add_argument("request_id")
+    rq.add_argument("--wait", action="store_true", help="poll until every affected model has a receipt")
+    rq.add_argument("--wait-timeout", type=float, default=300.0)
+    rc = action("receipts", "receipts this peer has seen")
+    rc.add_argument("--request", default="")
+
+
+def _add_publish(asub: argparse._SubParsersAction, shared: argparse.ArgumentParser) -> None:
     pub = asub.add_parser("publish", help="register a model version owned by this peer", parents=[shared],
                           description=PUBLISH_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     pub.add_argument("--model-id", required=True)
@@ -256,28 +298,6 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--wait-parents", type=float, nargs="?", const=60.0, default=0.0, metavar="SECONDS",
                      help="while a parent's lineage has not reached this peer yet (FAILED_PRECONDITION), retry "
                           "for up to SECONDS (60 when given alone; default: fail at once)")
-    ex = action("export", "write the weights of a model version this peer owns to a file")
-    ex.add_argument("--model-id", required=True)
-    which = ex.add_mutually_exclusive_group()
-    which.add_argument("--version", type=int, default=0, help="the version number (default: the current version)")
-    which.add_argument("--digest", default="", help="the version's sha256 digest")
-    ex.add_argument("--out", required=True, type=Path,
-                    help="where to write the artifact (mode 0600): a safetensors or .pt2 file, or for an hf model a "
-                         "folder with config.json and model.safetensors")
-    un = action("unlearn", "submit an unlearning request")
-    un.add_argument("--labels", required=True, type=_labels, help="labels to forget, e.g. 2,9")
-    un.add_argument("--id", default="", help="request id (default: generated); requests are idempotent by id")
-    un.add_argument("--settings", default="", help='FIUn settings JSON, e.g. {"gamma": 3.0}')
-    un.add_argument("--force", action="store_true",
-                    help="accept labels that no model of the lineage holds yet (for models that join later); "
-                         "without it such a request is refused and nothing is signed")
-    rq = action("request", "progress of a request: affected models, receipts, why pending")
-    rq.add_argument("request_id")
-    rq.add_argument("--wait", action="store_true", help="poll until every affected model has a receipt")
-    rq.add_argument("--wait-timeout", type=float, default=300.0)
-    rc = action("receipts", "receipts this peer has seen")
-    rc.add_argument("--request", default="")
-    return p
 
 
 def peer_main(argv: list[str] | None = None) -> int:
@@ -318,9 +338,9 @@ def _main(argv: list[str] | None) -> int:
     if args.command == "health":
         return _health(args)
     if args.command == "init":
-        from .auth import TOKEN_FILE, AuthError, create_token
         from .home import HomeError
         from .identity import Identity, IdentityError
+        from .rpc.auth import TOKEN_FILE, AuthError, create_token
 
         if args.home is None:
             print(f"fiun-peer: error: give --home HOME (a directory, or a bare NAME for ~/.fiun/NAME) or set "
@@ -352,11 +372,11 @@ def _main(argv: list[str] | None) -> int:
             print(f"fiun-peer: error: {exc}", file=sys.stderr)
             return 2
         from . import log
-        from .auth import AuthError
         from .daemon import run
         from .gossip import GossipError
         from .identity import IdentityError
         from .policy import PolicyError
+        from .rpc.auth import AuthError
 
         log.setup(name=args.home.name, as_json=args.log_json, level=getattr(logging, args.log_level.upper()))
         try:
@@ -379,15 +399,16 @@ def _main(argv: list[str] | None) -> int:
         finally:
             lock.release()
         return 0
-    from .auth import AuthError
+    from .rpc.admin_client import RpcFailure
+    from .rpc.auth import AuthError
 
     try:
         return _admin(args)
     except AuthError as exc:
         print(f"fiun-peer: error: {exc}", file=sys.stderr)
         return 2
-    except grpc.RpcError as exc:
-        print(f"fiun-peer: {exc.code().name}: {exc.details()}", file=sys.stderr)
+    except RpcFailure as exc:
+        print(f"fiun-peer: {exc.code}: {exc.message}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # the reader went away: peer_main exits quietly
         raise
@@ -434,8 +455,8 @@ def _import_identity(home: Path, name: str, key_file: Path) -> Identity:
 
 def _import_token(home: Path, token_file: Path) -> None:
     """``init --admin-token``: the token in ``token_file`` becomes HOME/admin.token (born 0600)."""
-    from .auth import TOKEN_FILE, AuthError
     from .home import write_new_secret
+    from .rpc.auth import TOKEN_FILE, AuthError
 
     token = Path(token_file).read_text(encoding="utf-8", errors="replace").strip()
     if not token or any(c.isspace() for c in token):
@@ -453,9 +474,7 @@ def _write_config_template(home: Path) -> None:
 
 
 def _health(args: argparse.Namespace) -> int:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    from .rpc.channel import open_channel
+    from .rpc.admin_client import RpcFailure, check_health
 
     try:
         target, ca = _health_target(args)
@@ -465,19 +484,16 @@ def _health(args: argparse.Namespace) -> int:
     args.target = target
     tls = None
     if ca:
-        from .auth import ClientTLS
+        from .rpc.auth import ClientTLS
 
         tls = ClientTLS.from_files(ca, None, None)
-    with open_channel(args.target, tls=tls) as channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout)
-        except grpc.RpcError as exc:
-            print(f"fiun-peer: {args.target}: {exc.code().name}: {exc.details()}", file=sys.stderr)
-            return 1
-    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    try:
+        status, serving = check_health(args.target, service=args.service, tls=tls, timeout=args.timeout)
+    except RpcFailure as exc:
+        print(f"fiun-peer: {args.target}: {exc.code}: {exc.message}", file=sys.stderr)
+        return 1
     print(f"{args.target} {args.service or '(daemon)'}: {status}")
-    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+    return 0 if serving else 1
 
 
 def _health_target(args: argparse.Namespace) -> tuple[str, Path | None]:
@@ -531,12 +547,10 @@ def status_text(s: Any) -> str:
     return "\n".join(lines)
 
 
-def _admin(args: argparse.Namespace) -> int:
-    from google.protobuf.json_format import MessageToDict
-
-    from .auth import TOKEN_ENV, ClientTLS, resolve_token
-    from .rpc.channel import open_channel
-    from .rpc.generated.fiun.v1 import admin_pb2, admin_pb2_grpc
+def _admin_client(args: argparse.Namespace) -> AdminClient:
+    """The client `admin` talks through: --target or HOME/run.json's address, the token, TLS."""
+    from .rpc.admin_client import AdminClient
+    from .rpc.auth import TOKEN_ENV, ClientTLS, resolve_token
 
     target = args.target
     if not target:
@@ -550,89 +564,86 @@ def _admin(args: argparse.Namespace) -> int:
     tls = ClientTLS.from_files(args.tls_ca, args.tls_cert, args.tls_key) if args.tls_ca else None
     if tls is None and (args.tls_cert or args.tls_key):
         raise ValueError("--tls-cert/--tls-key need --tls-ca (the CA that signed the daemon's certificate)")
-    stub = admin_pb2_grpc.AdminServiceStub(open_channel(target, tls=tls, token=token))
-    t = args.timeout
+    return AdminClient(target, token=token, tls=tls, timeout=args.timeout)
 
-    def show(reply, text: str) -> None:
-        print(json.dumps(MessageToDict(reply, preserving_proto_field_name=True), indent=2) if args.json else text)
+
+def _admin(args: argparse.Namespace) -> int:
+    from .rpc.admin_client import as_dict
+
+    client = _admin_client(args)
+
+    def show(reply: Any, text: str) -> None:
+        print(json.dumps(as_dict(reply), indent=2) if args.json else text)
 
     if args.action == "status":
-        s = stub.Status(admin_pb2.StatusRequest(), timeout=t)
+        s = client.status()
         show(s, status_text(s))
     elif args.action == "lineage":
-        r = stub.ListLineage(admin_pb2.ListLineageRequest(), timeout=t)
+        r = client.list_lineage()
         rows = [f"{m.model_id:<12} v{m.version} {m.model_digest[:12]}  labels {list(m.labels)}  parents "
                 f"{', '.join(f'{p.model_id}@v{p.version}({p.relation})' for p in m.parents) or '-'}  "
                 f"owner {m.owner[:12]}" for m in r.models]
         show(r, "\n".join(rows) or "(no models yet)")
     elif args.action == "publish":
-        artifact, arch = _read_artifact(args.format, args.model or args.weights, args.arch)
-        req = admin_pb2.PublishModelRequest(
-            model_id=args.model_id, weights=artifact, data=args.data.read_bytes(),
-            parents=[admin_pb2.Parent(model_id=m, relation=rel, digest=d, version=v) for m, rel, d, v in args.parents],
-            labels=args.labels, architecture_json=arch, format=args.format, head=args.head)
-        r = _retry_while_parents_unknown(lambda: stub.PublishModel(req, timeout=t), args.wait_parents)
-        named = {m: bool(d or v) for m, _, d, v in args.parents}
-        lines = [f"published {r.model_id} {r.model_digest}", f"  record {r.record_id}"]
-        lines += [f"  parent {p.model_id} v{p.version} {p.digest[:12]} ({p.relation}"
-                  f"{'' if named.get(p.model_id) else '; its current version here: name another with @DIGEST or @vN'})"
-                  for p in r.parents]
-        show(r, "\n".join(lines))
+        _publish(client, args, show)
     elif args.action == "export":
-        from .files import write_atomic
-
-        if args.version < 0:
-            raise ValueError("--version must be >= 1 (or leave it out for the current version)")
-        r = stub.ExportModel(admin_pb2.ExportModelRequest(model_id=args.model_id, model_digest=args.digest,
-                                                          version=args.version), timeout=t)
-        if r.format == "hf":  # a folder as save_pretrained writes it, ready for from_pretrained
-            args.out.mkdir(mode=0o700, parents=True, exist_ok=True)
-            write_atomic(args.out / "config.json", (r.architecture_json + "\n").encode())
-            write_atomic(args.out / "model.safetensors", r.weights)
-        else:
-            write_atomic(args.out, r.weights)  # 0600: the weights are the owner's
-        r_meta = admin_pb2.ExportModelReply(model_id=r.model_id, model_digest=r.model_digest, version=r.version,
-                                            format=r.format)
-        show(r_meta, f"exported {r.model_id} v{r.version} {r.model_digest}\n  to {args.out} ({len(r.weights)} bytes"
-                     f"{', ' + r.format if r.format not in ('', 'zoo') else ''})")
+        _export(client, args, show)
     elif args.action == "unlearn":
-        r = stub.RequestUnlearning(admin_pb2.RequestUnlearningRequest(
-            forget_labels=args.labels, settings_json=args.settings, request_id=args.id, force=args.force), timeout=t)
+        r = client.request_unlearning(args.labels, settings_json=args.settings, request_id=args.id, force=args.force)
         show(r, f"request {r.request_id}\n  discovery models {', '.join(r.discovery_models) or '-'}\n"
                 f"  affected models  {', '.join(r.affected_models) or '-'}")
     elif args.action == "request":
-        return _show_request(stub, admin_pb2, args, show)
+        return _show_request(client, args, show)
     elif args.action == "receipts":
-        r = stub.ListReceipts(admin_pb2.ListReceiptsRequest(request_id=args.request), timeout=t)
+        r = client.list_receipts(args.request)
         show(r, "\n".join(f"{x.request_id} {x.model_id}: {x.old_digest[:12]} -> {x.new_digest[:12]}"
                           if x.state != "not_affected" else f"{x.request_id} {x.model_id}: not affected ({x.reason})"
                           for x in r.receipts) or "(no receipts)")
     return 0
 
 
-def _retry_while_parents_unknown(call: Any, seconds: float) -> Any:
-    """``publish --wait-parents``: repeat ``call`` while the peer answers FAILED_PRECONDITION (a
-    parent's lineage is still on its way), up to ``seconds``; anything else ends it at once."""
-    deadline = time.monotonic() + max(seconds, 0.0)
-    told = False
-    while True:
-        try:
-            return call()
-        except grpc.RpcError as exc:
-            if exc.code() != grpc.StatusCode.FAILED_PRECONDITION or time.monotonic() >= deadline:
-                raise
-            if not told:
-                print(f"fiun-peer: waiting for the parents' lineage (up to {seconds:g}s): {exc.details()}",
-                      file=sys.stderr, flush=True)
-                told = True
-            time.sleep(0.5)
+def _publish(client: AdminClient, args: argparse.Namespace, show: Callable[[Any, str], None]) -> None:
+    from .rpc.admin_client import ParentSpec
+
+    artifact, arch = _read_artifact(args.format, args.model or args.weights, args.arch)
+
+    def waiting(reason: str) -> None:  # ``publish --wait-parents``: say once why it waits
+        print(f"fiun-peer: waiting for the parents' lineage (up to {args.wait_parents:g}s): {reason}",
+              file=sys.stderr, flush=True)
+
+    r = client.publish(args.model_id, artifact, args.data.read_bytes(),
+                       parents=[ParentSpec(m, rel, d, v) for m, rel, d, v in args.parents], labels=args.labels,
+                       architecture_json=arch, format=args.format, head=args.head,
+                       wait_parents=args.wait_parents, on_wait=waiting)
+    named = {m: bool(d or v) for m, _, d, v in args.parents}
+    lines = [f"published {r.model_id} {r.model_digest}", f"  record {r.record_id}"]
+    lines += [f"  parent {p.model_id} v{p.version} {p.digest[:12]} ({p.relation}"
+              f"{'' if named.get(p.model_id) else '; its current version here: name another with @DIGEST or @vN'})"
+              for p in r.parents]
+    show(r, "\n".join(lines))
 
 
-def _show_request(stub, admin_pb2, args, show) -> int:
+def _export(client: AdminClient, args: argparse.Namespace, show: Callable[[Any, str], None]) -> None:
+    from .files import write_atomic
+
+    if args.version < 0:
+        raise ValueError("--version must be >= 1 (or leave it out for the current version)")
+    r = client.export_model(args.model_id, digest=args.digest, version=args.version)
+    if r.format == "hf":  # a folder as save_pretrained writes it, ready for from_pretrained
+        args.out.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_atomic(args.out / "config.json", (r.architecture_json + "\n").encode())
+        write_atomic(args.out / "model.safetensors", r.weights)
+    else:
+        write_atomic(args.out, r.weights)  # 0600: the weights are the owner's
+    r_meta = type(r)(model_id=r.model_id, model_digest=r.model_digest, version=r.version, format=r.format)
+    show(r_meta, f"exported {r.model_id} v{r.version} {r.model_digest}\n  to {args.out} ({len(r.weights)} bytes"
+                 f"{', ' + r.format if r.format not in ('', 'zoo') else ''})")
+
+
+def _show_request(client: AdminClient, args: argparse.Namespace, show: Callable[[Any, str], None]) -> int:
     deadline = time.monotonic() + args.wait_timeout
     last = ""
-    while True:
-        r = stub.GetRequest(admin_pb2.GetRequestRequest(request_id=args.request_id), timeout=args.timeout)
+    for r in client.watch(args.request_id):
         applied = sum(m.state == "applied" for m in r.models)
         spared = sum(m.state == "not_affected" for m in r.models)
         lines = [f"request {r.request_id}: forget {list(r.forget_labels)} - "
@@ -656,7 +667,7 @@ def _show_request(stub, admin_pb2, args, show) -> int:
         if time.monotonic() > deadline:
             print(f"fiun-peer: request {r.request_id} not done after {args.wait_timeout:.0f}s", file=sys.stderr)
             return 3
-        time.sleep(0.5)
+    raise AssertionError("watch() never ends")
 
 
 if __name__ == "__main__":

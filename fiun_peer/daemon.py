@@ -24,9 +24,7 @@ import torch
 import trio
 from grpc_health.v1 import health
 
-from .admin import AdminServicer
 from .agent import Agent
-from .auth import DEFAULT_ADMIN_CN, AdminAuth, AuthError, ClientTLS, ServerTLS, ensure_token
 from .binds import check_free, host_port, is_loopback, p2p_host_port
 from .bridge import TrioBridge
 from .gossip import GossipConfig, GossipError, GossipNode
@@ -35,10 +33,12 @@ from .identity import Identity
 from .join import join_via, split_bootstrap
 from .metrics import GossipView, PeerMetrics
 from .pacing import SyncPacer, with_retries
-from .peer_auth import AllowList, PeerAuth
 from .policy import RequesterPolicy
+from .rpc.admin_service import AdminServicer
+from .rpc.auth import DEFAULT_ADMIN_CN, AdminAuth, AuthError, ClientTLS, ServerTLS, ensure_token
 from .rpc.channel import ChannelPool
 from .rpc.fisher_service import FisherServicer, fetch_blob
+from .rpc.peer_auth import AllowList, PeerAuth
 from .rpc.record_service import RecordServicer, identify_peer, known_hellos, push_record, sync_records
 from .rpc.server import admin_elsewhere_handler, make_server, set_serving
 from .store import Store, write_atomic

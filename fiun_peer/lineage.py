@@ -29,7 +29,6 @@ class LineageView:
     umig: UMIG = field(default_factory=UMIG)
     latest: dict[str, Record] = field(default_factory=dict)   # model id -> newest lineage record
     first: dict[str, Record] = field(default_factory=dict)    # model id -> version 1 (names the owner)
-    rejected: list[tuple[str, str]] = field(default_factory=list)
     # model id -> digests of its versions 1, 2, ... (the receipt chain; only for models in the graph)
     versions: dict[str, list[str]] = field(default_factory=dict)
     # model id -> {old digest: (new digest, request id)}: the owner's applied receipts, first one wins
@@ -64,8 +63,7 @@ def build_view(lineage_records: Iterable[Record], receipts: Iterable[Record] = (
         mid = r.predicate["model_id"]
         if r.predicate["version"] == 1:
             if mid in view.first and view.first[mid].record_id != r.record_id:
-                view.rejected.append((r.record_id, f"model {mid} already published by another record"))
-                continue
+                continue  # the model id is already published by another record: the first one stands
             view.first[mid] = r
             view.latest[mid] = r
             view.waiting[mid] = r
@@ -104,8 +102,8 @@ def _place_waiting(view: LineageView) -> None:
                 try:
                     view.umig.add_edge(p["model_id"], mid, p["relation"],
                                        view.version_of(p["model_id"], p["digest"]))
-                except UMIGError as exc:
-                    view.rejected.append((r.record_id, str(exc)))
+                except UMIGError:
+                    pass  # an edge that would break the graph (e.g. a cycle) is left out
             del view.waiting[mid]
             _extend(view, mid)
             progressed = True
@@ -133,8 +131,7 @@ def _add_step(view: LineageView, receipt: Record) -> None:
         return  # not_affected: no new version
     owner = view.owner(p["model_id"])
     if owner is not None and owner != receipt.signer:
-        view.rejected.append((receipt.record_id, f"receipt for {p['model_id']} not by its owner"))
-        return
+        return  # a receipt for a model not by its owner moves nothing
     view.steps.setdefault(p["model_id"], {}).setdefault(p["old_digest"], (p["new_digest"], p["request_id"]))
 
 
@@ -156,5 +153,4 @@ def add_version(view: LineageView, record: Record) -> None:
     if mid in view.first and record.signer == view.first[mid].signer:
         if version > view.latest[mid].predicate["version"]:
             view.latest[mid] = record
-    else:
-        view.rejected.append((record.record_id, f"version {version} of {mid} not by its owner"))
+    # else: a later version not by the model's owner is ignored

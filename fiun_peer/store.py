@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sqlite3
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -25,12 +23,10 @@ from typing import Any, BinaryIO
 
 from fiun_peer import faults
 from fiun_peer.files import TMP_SUFFIX, write_atomic
-from fiun_peer.files import fsync_dir as _fsync_dir
 from fiun_peer.records import Record, RecordError, is_digest, parse_record, record_id_of
 
 DB_FILE = "store.sqlite"
 BLOB_DIR = "blobs"
-_COPY_CHUNK = 1 << 20
 _IN_CHUNK = 500
 #: fisher: an unlearning Fisher (Eq. 3) named in a signed announcement; model_fisher: a model's own
 #: Fisher (Eq. 4); weights: a model version; data: an owner's training data.
@@ -153,10 +149,6 @@ class Store:
             self._parsed[record_id] = cached
         return cached
 
-    def get_record(self, record_id: str) -> Record | None:
-        rows = self._query("SELECT record_id, envelope FROM records WHERE record_id = ?", (record_id,))
-        return self._to_record(*rows[0]) if rows else None
-
     def has_record(self, record_id: str) -> bool:
         return bool(self._query("SELECT 1 FROM records WHERE record_id = ?", (record_id,)))
 
@@ -216,10 +208,6 @@ class Store:
     def get_state(self, key: str) -> dict[str, Any] | None:
         rows = self._query("SELECT value FROM state WHERE key = ?", (key,))
         return json.loads(rows[0][0]) if rows else None
-
-    def delete_state(self, key: str) -> bool:
-        with self.transaction():
-            return self._db.execute("DELETE FROM state WHERE key = ?", (key,)).rowcount == 1
 
     def states(self, prefix: str = "") -> dict[str, dict[str, Any]]:
         """All state entries whose key starts with ``prefix``, by key."""
@@ -334,34 +322,3 @@ class Store:
             write_atomic(self.blob_path(digest), data)
         self._set_kind(digest, kind)
         return digest
-
-    def put_blob_file(self, source: Path, *, kind: str) -> str:
-        """Streaming :meth:`put_blob` for a file too large to hold in memory."""
-        if kind not in BLOB_KINDS:
-            raise ValueError(f"unknown blob kind {kind!r}; expected one of {', '.join(BLOB_KINDS)}")
-        digest = self._put_file(source)
-        self._set_kind(digest, kind)
-        return digest
-
-    def _put_file(self, source: Path) -> str:
-        directory = self.blob_root / "incoming"
-        directory.mkdir(exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-        hasher = hashlib.sha256()
-        try:
-            with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
-                while chunk := src.read(_COPY_CHUNK):
-                    hasher.update(chunk)
-                    out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-            digest = hasher.hexdigest()
-            if self.verify_blob(digest):
-                return digest
-            target = self.blob_path(digest)
-            target.parent.mkdir(exist_ok=True)
-            os.replace(tmp, target)  # same filesystem (under blobs/), so the rename is atomic
-            _fsync_dir(target.parent)
-            return digest
-        finally:
-            Path(tmp).unlink(missing_ok=True)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from fiun_peer.data import Dataset
+from simulations.data import Dataset
 
 from .byom import build
 from .training import TrainConfig, distill_loss, fit, node_seed

@@ -160,7 +160,7 @@ def build(name: str, input_shape: tuple[int, ...], num_classes: int, *, seed: in
                               image_size=input_shape[-1], patch_size=2 if input_shape[-1] <= 8 else 4,
                               num_channels=input_shape[0], num_labels=num_classes)
             return HFImage(t.ViTForImageClassification(cfg))
-        from fiun_peer.data import TOKEN_VOCAB
+        from simulations.data import TOKEN_VOCAB
 
         cfg = t.BertConfig(vocab_size=TOKEN_VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                            intermediate_size=64, max_position_embeddings=input_shape[-1] * 2, num_labels=num_classes)

@@ -18,10 +18,10 @@ from torch import nn
 
 from fiun_peer.core.fiun import FIUnSettings, label_mask
 from fiun_peer.core.umig import UMIG
-from fiun_peer.data import Dataset, load_dataset
 from fiun_peer.formats import Classifier, Publication
 from fiun_peer.formats.base import Inputs
 from fiun_peer.unlearn import apply_fiun_head, as_classifier, node_model_fisher, node_unlearning_fisher
+from simulations.data import Dataset, load_dataset
 
 from . import baselines as bl
 from . import byom

@@ -9,8 +9,8 @@ from dataclasses import replace
 
 from fiun_peer.core.fisher import ESTIMATORS
 from fiun_peer.core.fiun import NORMALIZATIONS, ROWS, FIUnSettings
-from fiun_peer.data import DATASETS
 from fiun_peer.models import MODELS
+from simulations.data import DATASETS
 
 from .byom import EXAMPLES, check_name, default_dataset
 from .topology import FRAMEWORKS
@@ -209,7 +209,7 @@ def _on_sigterm(signum, frame) -> None:
 def _network(args: argparse.Namespace, cfg) -> int:
     import signal
 
-    import grpc
+    from fiun_peer.rpc.admin_client import RpcFailure
 
     from .harness import NetworkOptions, run_network
     from .progress import NetworkProgress
@@ -233,10 +233,10 @@ def _network(args: argparse.Namespace, cfg) -> int:
         progress.close()
         print(f"fiun-sim: network run failed (every peer process was stopped): {exc}", file=sys.stderr)
         return 1
-    except grpc.RpcError as exc:
+    except RpcFailure as exc:
         progress.close()
-        print(f"fiun-sim: a peer's admin API failed (every peer process was stopped): {exc.code().name}: "
-              f"{exc.details()}", file=sys.stderr)
+        print(f"fiun-sim: a peer's admin API failed (every peer process was stopped): {exc.code}: "
+              f"{exc.message}", file=sys.stderr)
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)

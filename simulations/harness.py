@@ -19,8 +19,6 @@ from pathlib import Path
 
 import torch
 
-from fiun_peer.rpc.generated.fiun.v1 import admin_pb2
-
 from .byom import state_of
 from .centralized import SimConfig, Stage, evaluate, model_from_state, prepare, run_on_stage
 from .network import publish_stage
@@ -117,20 +115,17 @@ def _observe(stage: Stage, cfg: SimConfig, opts: NetworkOptions, groups: list[li
         rid = request_id_for(cfg)
         progress.phase(f"unlearning {list(forget)} (request sent to {submitter.name})")
         t_submit = time.time()
-        reply = submitter.admin.RequestUnlearning(admin_pb2.RequestUnlearningRequest(
-            forget_labels=list(forget), request_id=rid,
-            settings_json=json.dumps(cfg.settings.to_dict(), sort_keys=True)), timeout=60)
+        reply = submitter.client.request_unlearning(
+            list(forget), request_id=rid, settings_json=json.dumps(cfg.settings.to_dict(), sort_keys=True), timeout=60)
         done = cluster.wait_request(submitter, rid, timeout=opts.timeout, on_progress=progress.request)
         t_done = time.time()
         progress.phase("exporting the new versions from their owners (their admin credentials)")
         per_model = {}
         for m in done.models:
             owner = owners[m.model_id]
-            own = {p.model_id: p for p in owner.admin.GetRequest(
-                admin_pb2.GetRequestRequest(request_id=rid), timeout=30).models}[m.model_id]
+            own = {p.model_id: p for p in owner.client.get_request(rid, timeout=30).models}[m.model_id]
             # Weights go only to their owner's credential: the harness holds every owner's admin token.
-            exported = owner.admin.ExportModel(admin_pb2.ExportModelRequest(
-                model_id=m.model_id, model_digest=own.new_digest), timeout=60)
+            exported = owner.client.export_model(m.model_id, digest=own.new_digest, timeout=60)
             weights = state_of(exported.format or "zoo", exported.weights)   # .pt2 or safetensors
             per_model[m.model_id] = {
                 "owner": owner.name, "old_digest": own.old_digest, "new_digest": own.new_digest,

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 
-from fiun_peer.rpc.generated.fiun.v1 import admin_pb2
+from fiun_peer.rpc.admin_client import ParentSpec
 from fiun_peer.tensors import to_bytes
 
 from . import byom
 from .centralized import Stage
-from .peers import Peer
+from .peers import Peer, poll
 from .training import own_data
 
 
@@ -45,20 +44,14 @@ def publish_stage(stage: Stage, owners: dict[str, Peer], *, timeout: float = 60.
     digests = {}
     for spec in (s for s in stage.nodes if s.id in owners):
         peer = owners[spec.id]
-        deadline = time.monotonic() + timeout
-        while spec.parents:
-            known = {m.model_id for m in peer.admin.ListLineage(admin_pb2.ListLineageRequest(), timeout=10).models}
-            if set(spec.parents) <= known:
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{peer.name} has not heard of parents {spec.parents} of {spec.id}")
-            time.sleep(0.1)
+        if spec.parents:
+            poll(lambda p=peer, s=spec: True if set(s.parents) <= p.client.known_models(timeout=10) else None,
+                 timeout=timeout, interval=0.1, what=f"{peer.name} has not heard of parents {spec.parents} of {spec.id}")
         dropped = (exclude_labels or {}).get(spec.id, [])
-        reply = peer.admin.PublishModel(admin_pb2.PublishModelRequest(
-            model_id=spec.id, labels=[c for c in spec.labels if c not in dropped],
-            **model_fields(stage, spec.id, arch, exclude_labels=dropped),
-            parents=[admin_pb2.Parent(model_id=p, relation=spec.relation or "finetune") for p in spec.parents]),
-            timeout=300)
+        fields = dict(model_fields(stage, spec.id, arch, exclude_labels=dropped))  # a copy: byom caches it
+        reply = peer.client.publish(
+            spec.id, fields.pop("weights"), fields.pop("data"), labels=[c for c in spec.labels if c not in dropped],
+            parents=[ParentSpec(p, spec.relation or "finetune") for p in spec.parents], timeout=300, **fields)
         digests[spec.id] = reply.model_digest
         if on_published:
             on_published(spec.id)

@@ -18,14 +18,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
-import grpc
-
-from fiun_peer.auth import TOKEN_FILE, load_token
 from fiun_peer.identity import Identity
-from fiun_peer.rpc.channel import open_channel
-from fiun_peer.rpc.generated.fiun.v1 import admin_pb2, admin_pb2_grpc
+from fiun_peer.rpc.admin_client import AdminClient
 from fiun_peer.rpc.record_service import sync_records
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -36,7 +35,7 @@ class Peer:
     grpc: str = ""
     p2p: list[str] = field(default_factory=list)
     admin_address: str = ""   # the admin API's own listener (run.json "admin"); "" before it is up
-    _channel: grpc.Channel | None = None
+    _client: AdminClient | None = None
     log_path: Path | None = None  # the log of the process it runs in (shared when peers share one)
     # For `start`: the address to bind gRPC and libp2p to, a command prefix (e.g. `ip netns exec NS`)
     # and extra environment (e.g. FIUN_FAILPOINTS) for this peer's own process.
@@ -45,15 +44,22 @@ class Peer:
     env: dict[str, str] = field(default_factory=dict)
 
     @property
-    def admin(self) -> admin_pb2_grpc.AdminServiceStub:
-        if self._channel is None:  # admin calls carry the peer's own token (HOME/admin.token)
-            self._channel = open_channel(self.admin_address or self.grpc, token=load_token(self.home / TOKEN_FILE))
-        return admin_pb2_grpc.AdminServiceStub(self._channel)
+    def client(self) -> AdminClient:
+        """This peer's admin API, with the peer's own token (HOME/admin.token)."""
+        if self._client is None:
+            self._client = AdminClient.for_home(self.home, self.admin_address or self.grpc)
+        return self._client
+
+    @property
+    def admin(self) -> Any:
+        """The raw AdminService stub on the same channel, for tests of the wire protocol itself
+        (experiment code uses ``client``)."""
+        return self.client.stub
 
     def close_channel(self) -> None:
-        if self._channel is not None:
-            self._channel.close()
-            self._channel = None
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
 
 def _cli() -> list[str]:
@@ -87,19 +93,24 @@ class PeerCluster:
             self.init_all(self.peers)
             k = self.peers_per_process
             groups = [self.peers[i:i + k] for i in range(0, len(self.peers), k)]
-            # All processes start at once: the first peer's libp2p address is fixed in advance (a free
-            # port, and the peer id from its key), and the others' bootstrap dials retry until it is up.
-            first = self.peers[0]
-            port = _free_port(first.host)
-            boot = [f"/ip4/{first.host}/tcp/{port}/p2p/{Identity.load(first.home).peer_id}"]
-            for i, group in enumerate(groups):
-                self.start_group(group, bootstrap=boot if i else [], first_p2p_port=0 if i else port)
+            # All processes start at once: the libp2p addresses that others bootstrap to are fixed in
+            # advance (a free port, and the peer id from its key); bootstrap dials retry until they are up.
+            for group, (boot, port) in zip(groups, self.bootstrap_plan(groups), strict=True):
+                self.start_group(group, bootstrap=boot, first_p2p_port=port)
             for p in self.peers:
                 self.wait_ready(p)
         except BaseException:
             self.stop_all()
             raise
         return self
+
+    def bootstrap_plan(self, groups: list[list[Peer]]) -> list[tuple[list[str], int]]:
+        """Per process group: (its bootstrap addresses, its first peer's libp2p port; 0: any). Here a
+        star: everyone bootstraps to the first peer, whose port is fixed in advance."""
+        first = self.peers[0]
+        port = free_port(first.host)
+        boot = [p2p_address(first, port)]
+        return [([], port) if i == 0 else (boot, 0) for i in range(len(groups))]
 
     def __exit__(self, *exc: object) -> None:
         self.stop_all()
@@ -218,33 +229,65 @@ class PeerCluster:
         return self.wait_ready(peer)
 
     def wait_request(self, peer: Peer, request_id: str, *, timeout: float = 120.0,
-                     on_progress=None) -> admin_pb2.GetRequestReply:
-        deadline = time.monotonic() + timeout
-        reply = None
-        while time.monotonic() < deadline:
-            try:
-                reply = peer.admin.GetRequest(admin_pb2.GetRequestRequest(request_id=request_id), timeout=10)
-            except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.NOT_FOUND:
-                    raise
-            else:
-                if on_progress:
-                    on_progress(reply)
-                if reply.done:
-                    return reply
-            self.check_alive()
-            time.sleep(0.3)
-        raise TimeoutError(f"request {request_id} not done on {peer.name} after {timeout}s: {reply}")
+                     on_progress: Callable[[Any], None] | None = None) -> Any:
+        """Until ``peer`` reports the request done (its GetRequestReply); ``on_progress(reply)`` on each poll."""
+        return wait_done([peer], request_id, timeout=timeout, on_progress=on_progress, check=self.check_alive,
+                         interval=0.3, call_timeout=10)[peer.name]
 
     def wait_lineage(self, peer: Peer, count: int, *, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            n = len(peer.admin.ListLineage(admin_pb2.ListLineageRequest(), timeout=10).models)
-            if n >= count:
-                return
-            self.check_alive()
-            time.sleep(0.2)
-        raise TimeoutError(f"{peer.name} knows fewer than {count} models after {timeout}s")
+        wait_lineage(peer, count, timeout=timeout, check=self.check_alive)
+
+
+def poll(probe: Callable[[], T | None], *, timeout: float, interval: float, what: str | Callable[[], str],
+         check: Callable[[], None] | None = None) -> T:
+    """``probe()`` every ``interval`` seconds until it returns something other than None (returned);
+    ``check()`` between tries (e.g. raise if a peer died); TimeoutError "``what`` after N s" at the end
+    (``what`` may be a function, asked then)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = probe()
+        if found is not None:
+            return found
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what() if callable(what) else what} after {timeout}s")
+        if check is not None:
+            check()
+        time.sleep(interval)
+
+
+def wait_lineage(peer: Peer, count: int, *, timeout: float, client: AdminClient | None = None,
+                 check: Callable[[], None] | None = None) -> None:
+    """Until ``peer`` knows ``count`` models (through ``client``, default the peer's own)."""
+    client = client or peer.client
+    poll(lambda: True if len(client.list_lineage(timeout=10).models) >= count else None, timeout=timeout,
+         interval=0.2, what=f"{peer.name} knows fewer than {count} models", check=check)
+
+
+def wait_done(peers: list[Peer], request_id: str, *, timeout: float, first: Peer | None = None,
+              clients: Callable[[Peer], AdminClient] | None = None, on_progress: Callable[[Any], None] | None = None,
+              check: Callable[[], None] | None = None, interval: float = 0.2,
+              call_timeout: float | None = None) -> dict[str, Any]:
+    """Poll until every peer reports the request done (every affected model has a receipt there):
+    peer name -> its GetRequestReply. With ``first``, only that peer is polled until it is done, so
+    polling N peers does not load them while they work. A peer that has not heard of the request yet
+    counts as not done; ``clients(peer)`` picks the client (default: the peer's own)."""
+    done: dict[str, Any] = {}
+    order = ([first] if first else []) + [p for p in peers if p is not first]
+
+    def probe(group: list[Peer]) -> bool | None:
+        for p in group:
+            if p.name not in done:
+                reply = (clients(p) if clients else p.client).find_request(request_id, timeout=call_timeout)
+                if reply is not None and on_progress:
+                    on_progress(reply)
+                if reply is not None and reply.done:
+                    done[p.name] = reply
+        return True if all(p.name in done for p in group) else None
+
+    for group in ([order[:1], order] if first else [order]):
+        poll(lambda g=group: probe(g), timeout=timeout, interval=interval, check=check,
+             what=lambda g=group: f"request {request_id} not done on {[p.name for p in g if p.name not in done]}")
+    return done
 
 
 def converged_records(peers: list[Peer], timeout: float = 60.0) -> dict[str, list[bytes]]:
@@ -259,11 +302,16 @@ def converged_records(peers: list[Peer], timeout: float = 60.0) -> dict[str, lis
         time.sleep(0.5)
 
 
-def _free_port(host: str) -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port the OS considers free right now (the peer binds it a moment later)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def p2p_address(peer: Peer, port: int) -> str:
+    """The libp2p multiaddr ``peer`` will listen on at ``port`` (its peer id comes from its key)."""
+    return f"/ip4/{peer.host}/tcp/{port}/p2p/{Identity.load(peer.home).peer_id}"
 
 
 def _stop_processes(procs: list[subprocess.Popen], *, kill: bool = False, timeout: float = 10.0) -> None:

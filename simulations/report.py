@@ -1,10 +1,19 @@
-"""Paper-style tables (Tables 1-5) and the JSON writer for a centralized or network run (which adds
-per-node peer times and the bit-for-bit comparison with the centralized run)."""
+"""How results are written, in one place: paper-style terminal tables (Tables 1-5) for a centralized
+or network run (which adds per-node peer times and the bit-for-bit comparison with the centralized
+run), the JSON writer, Markdown tables and RESULTS.md sections, and the machine header every
+benchmark and experiment records (bench/ and simulations/observe.py use these, never copies)."""
 
 from __future__ import annotations
 
 import json
+import os
+import platform
+import time
 from pathlib import Path
+
+#: RESULTS.md: the centralized results (bench/results_md.py) above this line, the sections of the
+#: network experiments (``<!-- section:NAME -->`` ... ``<!-- /section:NAME -->``) below it.
+RESULTS_MARKER = "<!-- network results below -->"
 
 
 def _f(v: float | None, width: int = 6) -> str:
@@ -16,8 +25,79 @@ def json_ready(result: dict) -> dict:
     return {k: v for k, v in result.items() if not k.startswith("_")}
 
 
-def write_json(result: dict, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(json_ready(result), indent=2, sort_keys=True) + "\n")
+def write_json(result: dict, path: str | Path, *, indent: int = 2) -> None:
+    """``result`` (without its in-process objects) as sorted JSON; the folder is made if missing."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(json_ready(result), indent=indent, sort_keys=True) + "\n")
+
+
+def fmt(v: float | None, digits: int = 2) -> str:
+    """A number for a Markdown table; an en dash for none."""
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+def md_rows(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table, one line per row."""
+    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
+            *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    return "\n".join(md_rows(header, rows))
+
+
+def section_markers(name: str) -> tuple[str, str]:
+    """The lines that open and close section ``name`` of RESULTS.md."""
+    return f"<!-- section:{name} -->", f"<!-- /section:{name} -->"
+
+
+def write_section(path: Path, block: str) -> Path:
+    """Put ``block`` (a section: its opening marker line, the text, its closing marker line) into the
+    Markdown file at ``path``: in place of the same section, else at the end after RESULTS_MARKER
+    (added if missing). Everything else is kept; the file is read right before writing (other
+    generators write their own sections of it)."""
+    lines = block.strip("\n").split("\n")
+    begin, end = lines[0], lines[-1]
+    text = path.read_text() if path.exists() else ""
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        if RESULTS_MARKER not in text:
+            text = text.rstrip("\n") + "\n\n" + RESULTS_MARKER + "\n"
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(text)
+    return path
+
+
+def machine() -> dict:
+    """What the numbers were measured on (the note BENCHMARKS.md prints, see machine_text)."""
+    import torch
+
+    return {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+def machine_load() -> dict:
+    """Load averages and free memory at this moment: the CPUs are shared with other work."""
+    import psutil
+
+    vm = psutil.virtual_memory()
+    return {"loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count(),
+            "mem_total_gib": round(vm.total / 2**30, 1), "mem_available_gib": round(vm.available / 2**30, 1),
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def machine_text(m: dict) -> str:
+    """A ``machine()`` record as a header says it."""
+    return (f"{m.get('cpus', '?')} CPUs, torch {m.get('torch', '?')} on {m.get('torch_threads', '?')} thread(s), "
+            f"Python {m.get('python', '?')}")
+
+
+def load_text(start: dict, end: dict) -> str:
+    """Two ``machine_load()`` records, at the start and the end of a run, as a header says them."""
+    return f"Load average at start {start['loadavg_1_5_15']} on {start['cpus']} CPUs, at end {end['loadavg_1_5_15']}"
 
 
 def format_table(result: dict) -> str:

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from fiun_peer.core.fisher import find_head
 from fiun_peer.core.fiun import label_mask
-from fiun_peer.data import Dataset
+from simulations.data import Dataset
 
 from .byom import build, is_byom
 from .topology import NodeSpec

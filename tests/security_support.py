@@ -19,12 +19,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from fiun_peer.admin import AdminServicer
 from fiun_peer.agent import Agent
-from fiun_peer.auth import AdminAuth, ServerTLS
 from fiun_peer.bridge import TrioBridge
 from fiun_peer.identity import Identity
 from fiun_peer.policy import RequesterPolicy
+from fiun_peer.rpc.admin_service import AdminServicer
+from fiun_peer.rpc.auth import AdminAuth, ServerTLS
 from fiun_peer.rpc.fisher_service import FisherServicer
 from fiun_peer.rpc.record_service import RecordServicer
 from fiun_peer.rpc.server import make_server

@@ -5,22 +5,16 @@ paths, pulled bytes are the served bytes, and the report writers touch only what
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from bench import bench_baselines, bench_fisher, bench_pull, benchmarks_md
+from bench import exp_last_k_layers as lk
+from simulations.centralized import SimConfig, prepare, run_fiun
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-
-import bench_baselines  # noqa: E402
-import bench_fisher  # noqa: E402
-import bench_pull  # noqa: E402
-import benchmarks_md  # noqa: E402
-import exp_last_k_layers as lk  # noqa: E402
-
-from simulations.centralized import SimConfig, prepare, run_fiun  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -95,8 +95,8 @@ def test_fig2_multi_root_per_label_subgraphs():
     assert g.discovery_ancestors("n_p", [0, 5]) == ["n_a", "n_f", "n_s"]
     # a label nobody holds
     assert g.discovery_nodes([9]) == [] and g.unlearning_subgraph([9]) == []
-    assert g.forget_labels_held("n_s", [0, 1, 2]) == frozenset({0, 1})
-    assert g.forget_labels_held("n_h", [0, 1, 2]) == frozenset()
+    assert g.labels("n_s") & {0, 1, 2} == frozenset({0, 1})
+    assert g.labels("n_h") & {0, 1, 2} == frozenset()
 
 
 def test_fig2_descendants_are_who_merges_an_announcement():
@@ -129,7 +129,7 @@ def test_fig2_balanced_path():
     for parent, child in itertools.pairwise(chain):
         assert parent in g.parents(child)
     assert g.relation("n_f", "n_h") == "aggregate"
-    assert g.children("n_f") == ["n_g", "n_h", "n_i"]
+    assert sorted(m for m in g.models() if "n_f" in g.parents(m)) == ["n_g", "n_h", "n_i"]
     sub = g.unlearning_subgraph([2])
     assert [m for m in sub if m in chain] == chain
 
@@ -175,8 +175,8 @@ def test_fig4_merges_three_discovery_nodes():
     assert g.discovery_nodes([1, 2]) == ["w_f", "w_j", "w_s"]
     assert g.discovery_ancestors("w_h", [1, 2]) == ["w_f", "w_j", "w_s"]
     assert g.unlearning_subgraph([1, 2]) == ["w_f", "w_j", "w_s", "w_h"]
-    assert g.forget_labels_held("w_j", [1, 2]) == frozenset({1})
-    assert g.forget_labels_held("w_f", [1, 2]) == frozenset({2})
+    assert g.labels("w_j") & {1, 2} == frozenset({1})
+    assert g.labels("w_f") & {1, 2} == frozenset({2})
 
 
 def test_fig4_forget_label_2_only():
@@ -205,7 +205,7 @@ def test_cycle_rejected_and_graph_unchanged():
         g.add_edge("c", "a", "finetune")
     with pytest.raises(UMIGError, match="cycle"):
         g.add_edge("b", "a", "distill")
-    assert g.parents("a") == [] and g.children("c") == []
+    assert g.parents("a") == [] and not any("c" in g.parents(m) for m in g.models())
     assert g.models() == ["a", "b", "c"]
 
 

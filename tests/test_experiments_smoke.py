@@ -5,17 +5,11 @@ RESULTS.md)."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import psutil
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-
-import _netexp  # noqa: E402
-import exp_hyper_distance  # noqa: E402
-import exp_scale  # noqa: E402
+from bench import exp_hyper_distance, exp_scale
+from simulations import observe as _netexp
 
 
 def _children() -> set[int]:

@@ -129,7 +129,7 @@ def test_torchvision_resnet18_head_is_fc() -> None:
 
 @pytest.mark.parametrize("name", ["hf-vit-tiny", "hf-bert-tiny"])
 def test_transformers_classifiers(name: str) -> None:
-    from fiun_peer.data import load_dataset
+    from simulations.data import load_dataset
 
     ds = load_dataset(byom.default_dataset(name))
     model = byom.build(name, ds.input_shape, ds.num_classes, seed=0).eval()
@@ -291,7 +291,7 @@ def test_weights_and_data_that_do_not_fit_are_refused(bn_cnn) -> None:
 
 
 def test_hf_refuses_remote_code_other_tasks_and_tokens_outside_the_vocabulary() -> None:
-    from fiun_peer.data import load_dataset
+    from simulations.data import load_dataset
 
     ds = load_dataset("tokens")
     model = byom.build("hf-bert-tiny", ds.input_shape, 10, seed=0)

@@ -13,9 +13,9 @@ import torch
 
 from fiun_peer.core.fiun import FisherError, FIUnSettings, center_head, dampen, fiun_update
 from fiun_peer.core.umig import RELATIONS
-from fiun_peer.data import load_dataset
 from simulations import cli
 from simulations.centralized import SimConfig, evaluate, prepare, run_fiun
+from simulations.data import load_dataset
 from simulations.topology import RANDOM_MAX_DEPTH, TopologyError, assign_data, random_lineage, to_umig
 
 SEEDS = range(60)

@@ -4,14 +4,11 @@ bench/load_admin.py, never asserted.)"""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
-_spec = importlib.util.spec_from_file_location("load_admin", Path(__file__).parents[1] / "bench" / "load_admin.py")
-load_admin = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(load_admin)
+from bench import load_admin
 
 
 def _check(r: dict, calls: int, requests: int) -> None:

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from fiun_peer.core.fisher import find_head
-from fiun_peer.data import load_cifar100, load_dataset, load_digits, synthetic
 from fiun_peer.models import MODELS, build_model, head_name
+from simulations.data import load_cifar100, load_dataset, load_digits, synthetic
 
 
 # ---------------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ def test_simulation_libraries_are_an_extra_not_daemon_dependencies() -> None:
 
 
 def test_the_daemon_does_not_import_simulation_libraries_at_import_time() -> None:
-    """Module-level imports only: fiun_peer.data loads scikit-learn inside the digits loader."""
+    """Module-level imports only (the data sets, which load scikit-learn, live in simulations.data)."""
     banned = set(SIM_ONLY.values()) | {"simulations", "bench"}
     offenders = []
     for path in (ROOT / "fiun_peer").rglob("*.py"):

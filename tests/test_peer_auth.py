@@ -11,7 +11,7 @@ import pytest
 
 from fiun_peer.cli import peer_main
 from fiun_peer.identity import Identity
-from fiun_peer.peer_auth import MAX_SKEW, AllowList, AllowListError, PeerAuth, key_of_peer_id, sign_call
+from fiun_peer.rpc.peer_auth import MAX_SKEW, AllowList, AllowListError, PeerAuth, key_of_peer_id, sign_call
 
 MEMBER, OTHER, ME = Identity.generate("member"), Identity.generate("other"), Identity.generate("me")
 METHOD = "/fiun.v1.FisherService/Fetch"

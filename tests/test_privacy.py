@@ -30,7 +30,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from fiun_peer.gossip import GossipError, GossipNode
 from fiun_peer.identity import Identity
 from fiun_peer.models import build_model
-from fiun_peer.peer_auth import HEADER, sign_call
 from fiun_peer.records import parse_record
 from fiun_peer.rpc.channel import open_channel
 from fiun_peer.rpc.generated.fiun.v1 import (
@@ -40,6 +39,7 @@ from fiun_peer.rpc.generated.fiun.v1 import (
     fisher_pb2_grpc,
     records_pb2,
 )
+from fiun_peer.rpc.peer_auth import HEADER, sign_call
 from fiun_peer.rpc.record_service import sync_records
 from fiun_peer.tensors import to_bytes
 from simulations.peers import Peer, PeerCluster

@@ -234,8 +234,8 @@ def _torchvision(name: str) -> bytes:
 
 
 def _bert() -> tuple[bytes, dict, torch.Tensor]:
-    from fiun_peer.data import TOKEN_VOCAB, load_dataset
     from simulations.byom import artifact, build
+    from simulations.data import TOKEN_VOCAB, load_dataset
 
     ds = load_dataset("tokens")
     weights, config = artifact("hf-bert-tiny", build("hf-bert-tiny", ds.input_shape, 10, seed=0), ds.x_train[:4])

@@ -3,27 +3,18 @@ small hand-built result dicts, so every asserted number can be checked by hand."
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
+from bench import network_md, results_md
 from simulations.report import format_table, json_ready, quality, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load_results_md():
-    spec = importlib.util.spec_from_file_location("results_md", ROOT / "bench" / "results_md.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["results_md"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-rmd = _load_results_md()
+rmd = results_md
 
 
 def ev(ad_r, ad_f, mia=10.0):
@@ -314,10 +305,7 @@ def test_write_json_keeps_network_fields(tmp_path):
 
 
 def _load_network_md():
-    spec = importlib.util.spec_from_file_location("network_md", ROOT / "bench" / "network_md.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return network_md
 
 
 def test_network_md_section_replaced_between_markers_only(tmp_path):

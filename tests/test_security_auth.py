@@ -17,7 +17,9 @@ from record_support import serve_fisher
 from security_support import CA, AgentHost
 
 from fiun_peer import records as R
-from fiun_peer.auth import (
+from fiun_peer.cli import peer_main
+from fiun_peer.identity import Identity
+from fiun_peer.rpc.auth import (
     TOKEN_FILE,
     AdminAuth,
     AuthError,
@@ -27,8 +29,6 @@ from fiun_peer.auth import (
     load_token,
     resolve_token,
 )
-from fiun_peer.cli import peer_main
-from fiun_peer.identity import Identity
 from fiun_peer.rpc.channel import open_channel
 from fiun_peer.rpc.fisher_service import fetch_blob
 from fiun_peer.rpc.generated.fiun.v1 import admin_pb2, admin_pb2_grpc

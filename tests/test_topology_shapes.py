@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fiun_peer.data import load_digits
+from simulations.data import load_digits
 from simulations.topology import TopologyError, assign_data, binary_tree, broom, fl_n, root_chain, to_umig
 
 

@@ -103,9 +103,6 @@ class UMIG:
     def parents(self, model_id: str) -> list[str]:
         return sorted(self._g.predecessors(model_id))
 
-    def children(self, model_id: str) -> list[str]:
-        return sorted(self._g.successors(model_id))
-
     def relation(self, parent: str, child: str) -> str:
         return self._g.edges[parent, child]["relation"]
 
@@ -189,7 +186,3 @@ class UMIG:
                         frontier.append(parent)
             return [m for m in self.models() if m in reached and self.labels(m) & cf]
         return self._memoized(("discovery_ancestors", model_id, cf, request_id), compute)
-
-    def forget_labels_held(self, model_id: str, forget_labels: Iterable[int]) -> frozenset[int]:
-        """The part of C_f that this model's own data holds (its \\hat D^D_i labels)."""
-        return self.labels(model_id) & frozenset(int(c) for c in forget_labels)

@@ -1,4 +1,8 @@
-"""gRPC wire contract (generated, checked in), servicers and clients.
+"""All of gRPC, and nothing else: the wire contract (generated, checked in), the servicers
+(admin_service, record_service, fisher_service), the server and its interceptors (auth for the
+admin credential, peer_auth for signed peer calls), channels, and the clients (admin_client for
+AdminService, record/Fisher fetches). Outside rpc/ only the daemon's wiring names a gRPC module
+(the health servicer it flips).
 
 ``from fiun_peer.rpc import admin_pb2, admin_pb2_grpc, fisher_pb2, ...`` works. The generated modules
 load lazily so that ``python -m fiun_peer.rpc.regenerate`` still runs when they are missing or stale.

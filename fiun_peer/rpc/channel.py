@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 import grpc
 
 if TYPE_CHECKING:
-    from fiun_peer.auth import ClientTLS
     from fiun_peer.identity import Identity
+    from fiun_peer.rpc.auth import ClientTLS
 
 # gRPC's default receive limit is 4 MiB; an admin PublishModel holds a model and its data set.
 MAX_MESSAGE_BYTES = 512 * 1024 * 1024
@@ -33,9 +33,9 @@ def open_channel(target: str, *, tls: ClientTLS | None = None, token: str | None
                  max_message_bytes: int = MAX_MESSAGE_BYTES, identity: Identity | None = None) -> grpc.Channel:
     """A channel to ``host:port``: TLS when ``tls`` is given (else plaintext), sending the admin
     ``token`` as bearer metadata on every call when given, and signing every call with the peer key
-    ``identity`` when given (see ``fiun_peer.peer_auth``)."""
-    from fiun_peer.auth import with_token
-    from fiun_peer.peer_auth import with_signer
+    ``identity`` when given (see ``fiun_peer.rpc.peer_auth``)."""
+    from fiun_peer.rpc.auth import with_token
+    from fiun_peer.rpc.peer_auth import with_signer
 
     return with_signer(with_token(_new_channel(target, tls, channel_options(max_message_bytes)), token), identity)
 
@@ -69,7 +69,7 @@ class ChannelPool:
     """One long-lived channel per peer address, shared by pushes, syncs and Fisher pulls (a channel
     per call pays a TCP, and maybe TLS, handshake each time, which on a busy peer queues up).
     ``identity``: sign every call with this peer key (what a peer with ``--allow-peers`` asks of
-    its callers; see ``fiun_peer.peer_auth``). Thread-safe; ``close`` closes them all."""
+    its callers; see ``fiun_peer.rpc.peer_auth``). Thread-safe; ``close`` closes them all."""
 
     def __init__(self, *, tls: ClientTLS | None = None, max_message_bytes: int = MAX_MESSAGE_BYTES,
                  identity: Identity | None = None) -> None:
@@ -81,7 +81,7 @@ class ChannelPool:
         self._closed = False
 
     def get(self, target: str) -> grpc.Channel:
-        from fiun_peer.peer_auth import with_signer
+        from fiun_peer.rpc.peer_auth import with_signer
 
         with self._lock:
             if self._closed:

@@ -26,7 +26,7 @@ from fiun_peer.rpc.generated.fiun.v1 import fisher_pb2, fisher_pb2_grpc
 from fiun_peer.store import Store
 
 if TYPE_CHECKING:
-    from fiun_peer.auth import ClientTLS
+    from fiun_peer.rpc.auth import ClientTLS
 
 CHUNK_BYTES = 1 << 20  # 1 MiB: well under gRPC's default 4 MiB message limit on any peer
 MAX_BLOB_BYTES = 4 << 30  # refuse a server announcing more than this before buffering anything

@@ -17,7 +17,7 @@ from fiun_peer.rpc.generated.fiun.v1 import records_pb2, records_pb2_grpc
 from fiun_peer.store import Store
 
 if TYPE_CHECKING:
-    from fiun_peer.auth import ClientTLS
+    from fiun_peer.rpc.auth import ClientTLS
 
 # on_push(envelope bytes) -> (accepted, record_id, reason); the agent verifies, stores and gossips.
 PushHandler = Callable[[bytes], tuple[bool, str, str]]

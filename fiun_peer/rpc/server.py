@@ -1,5 +1,5 @@
 """Build the peer's gRPC server: our services plus standard health checking and reflection, on a
-plaintext or TLS port, with AdminService behind the credential check of ``fiun_peer.auth``."""
+plaintext or TLS port, with AdminService behind the credential check of ``fiun_peer.rpc.auth``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from fiun_peer.rpc.auth import rewrap_unary
 from fiun_peer.rpc.channel import MAX_MESSAGE_BYTES, channel_options
 from fiun_peer.rpc.generated.fiun.v1 import (
     admin_pb2,
@@ -22,8 +23,8 @@ from fiun_peer.rpc.generated.fiun.v1 import (
 )
 
 if TYPE_CHECKING:
-    from fiun_peer.auth import AdminAuth, ServerTLS
-    from fiun_peer.peer_auth import PeerAuth
+    from fiun_peer.rpc.auth import AdminAuth, ServerTLS
+    from fiun_peer.rpc.peer_auth import PeerAuth
 
 # (servicer base class, registration function, fully-qualified service name)
 _SERVICES: tuple[tuple[type, Any, str], ...] = (
@@ -59,11 +60,11 @@ def make_server(bind: str, *servicers: object, max_message_bytes: int = MAX_MESS
     executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="fiun-grpc")
     interceptors: list[grpc.ServerInterceptor] = [DecodeGuard()]
     if admin_auth is not None:
-        from fiun_peer.auth import AdminAuthInterceptor
+        from fiun_peer.rpc.auth import AdminAuthInterceptor
 
         interceptors.append(AdminAuthInterceptor(admin_auth, count=count))
     if peer_auth is not None:  # inside DecodeGuard: it hashes the request bytes DecodeGuard has parsed
-        from fiun_peer.peer_auth import PeerAuthInterceptor
+        from fiun_peer.rpc.peer_auth import PeerAuthInterceptor
 
         interceptors.append(PeerAuthInterceptor(peer_auth, count=count))
     server = grpc.server(executor, options=options, interceptors=interceptors)
@@ -148,11 +149,7 @@ class DecodeGuard(grpc.ServerInterceptor):
                 return behavior(request, context)
             return wrapper
 
-        if handler.response_streaming:
-            return grpc.unary_stream_rpc_method_handler(guard(handler.unary_stream), request_deserializer=deserialize,
-                                                        response_serializer=handler.response_serializer)
-        return grpc.unary_unary_rpc_method_handler(guard(handler.unary_unary), request_deserializer=deserialize,
-                                                   response_serializer=handler.response_serializer)
+        return rewrap_unary(handler, guard, deserialize)
 
 
 def _register(servicer: object, server: grpc.Server) -> str:

@@ -1,5 +1,12 @@
-"""AdminService: the gRPC face of the agent. Handlers run in grpcio pool threads and call into the
-trio-owned agent through the bridge; errors become gRPC statuses with readable messages."""
+"""AdminService: the gRPC face of the agent. Errors become gRPC statuses with readable messages.
+
+Threading rule (see docs/architecture.md): servicers run in grpcio pool threads, never on the trio
+loop, and must NOT read or write the agent or its store directly from there. The agent and the store
+belong to the trio loop; a servicer reaches them only through ``TrioBridge.call_sync`` (which runs
+the call on the loop and waits for its result), so every read sees a consistent store and no write
+races the reconcile loop. One exception, on purpose: ExportModel reads a version's content-addressed
+blobs (immutable once written, checked against their digest) in the gRPC thread after the bridge has
+named the digest, so that reading (and rebuilding) a large artifact does not stall the loop."""
 
 from __future__ import annotations
 
@@ -11,11 +18,11 @@ from typing import Any
 
 import grpc
 
-from .agent import Agent, AgentError, NotFound, NotReady, ParentRef
-from .bridge import BridgeClosed, TrioBridge
-from .records import RecordError, receipt_state, sha256_hex
-from .rpc.generated.fiun.v1 import admin_pb2, admin_pb2_grpc
-from .tensors import TensorFileError
+from ..agent import Agent, AgentError, NotFound, NotReady, ParentRef
+from ..bridge import BridgeClosed, TrioBridge
+from ..records import RecordError, receipt_state, sha256_hex
+from ..tensors import TensorFileError
+from .generated.fiun.v1 import admin_pb2, admin_pb2_grpc
 
 log = logging.getLogger("fiun_peer.admin")
 

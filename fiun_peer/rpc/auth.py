@@ -11,7 +11,7 @@ AdminService is the operator's control surface and needs a credential on every c
 No credential -> UNAUTHENTICATED; a wrong one -> PERMISSION_DENIED. The admin credential is also
 the only way to a model's weights (AdminService.ExportModel). FisherService and RecordService are
 open by default (they serve signed records and announced Fishers only, see
-``fiun_peer.policy.blob_refusal``), or closed to a list of peer keys (``fiun_peer.peer_auth``);
+``fiun_peer.policy.blob_refusal``), or closed to a list of peer keys (``fiun_peer.rpc.peer_auth``);
 gRPC health stays open.
 
 gRPC's Python server cannot *ask* for a client certificate without requiring one, so with
@@ -225,6 +225,18 @@ class _Metadata(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientIntercep
 
     def intercept_unary_stream(self, continuation, client_call_details, request):
         return continuation(self._details(client_call_details), request)
+
+
+def rewrap_unary(handler: grpc.RpcMethodHandler, guard: Callable[[Callable], Callable],
+                 deserialize: Callable[[bytes], Any]) -> grpc.RpcMethodHandler:
+    """A unary-request ``handler`` (unary or streaming reply) whose behaviour runs inside ``guard`` and
+    whose request bytes go through ``deserialize``: the plumbing of the server interceptors here,
+    in peer_auth and in server."""
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(guard(handler.unary_stream), request_deserializer=deserialize,
+                                                    response_serializer=handler.response_serializer)
+    return grpc.unary_unary_rpc_method_handler(guard(handler.unary_unary), request_deserializer=deserialize,
+                                               response_serializer=handler.response_serializer)
 
 
 @dataclass(frozen=True)

@@ -39,8 +39,8 @@ from typing import Any
 
 import grpc
 
-from fiun_peer.auth import _CallDetails
 from fiun_peer.identity import Identity, verify_signature
+from fiun_peer.rpc.auth import _CallDetails, rewrap_unary
 
 HEADER = "fiun-peer-auth"
 VERSION = "v1"
@@ -217,11 +217,7 @@ class PeerAuthInterceptor(grpc.ServerInterceptor):
                 return behavior(body.message, context)
             return wrapper
 
-        if handler.response_streaming:
-            return grpc.unary_stream_rpc_method_handler(guard(handler.unary_stream), request_deserializer=deserialize,
-                                                        response_serializer=handler.response_serializer)
-        return grpc.unary_unary_rpc_method_handler(guard(handler.unary_unary), request_deserializer=deserialize,
-                                                   response_serializer=handler.response_serializer)
+        return rewrap_unary(handler, guard, deserialize)
 
 
 def _refusing(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:

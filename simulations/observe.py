@@ -1,4 +1,6 @@
-"""Shared parts of the network experiments (bench/exp_hyper_distance.py, bench/exp_scale.py).
+"""Observing real peers for the network experiments (bench/exp_hyper_distance.py, bench/exp_scale.py,
+bench/idle_cpu.py): cluster variants, patient admin calls, CPU and memory readings, and what the
+peers' own logs and GetRequest replies say about a request.
 
 The harness only sets the stage and observes real peers: it trains a topology in-process
 (``simulations.centralized.prepare``), publishes it onto real ``fiun-peer`` processes (one per model),
@@ -13,28 +15,34 @@ import json
 import math
 import os
 import random
-import socket
 import statistics
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
 
-from fiun_peer.rpc.generated.fiun.v1 import admin_pb2
-from simulations.peers import Peer, PeerCluster
-from simulations.topology import NodeSpec
+from fiun_peer.rpc.admin_client import AdminClient
+
+from . import peers, report
+from .peers import Peer, PeerCluster, free_port, p2p_address
+from .report import section_markers
+from .topology import NodeSpec
 
 ROOT = Path(__file__).resolve().parents[1]
-MARKER = "<!-- network results below -->"
 
 
-def machine_load() -> dict:
-    """Load averages and free memory at this moment: the CPUs are shared with other work."""
-    vm = psutil.virtual_memory()
-    return {"loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count(),
-            "mem_total_gib": round(vm.total / 2**30, 1), "mem_available_gib": round(vm.available / 2**30, 1),
-            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+@contextmanager
+def scratch(workdir: Path | None, prefix: str) -> Iterator[Path]:
+    """``workdir`` as it is, or (None) a temporary folder removed afterwards."""
+    if workdir is not None:
+        yield workdir
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        yield Path(tmp)
 
 
 def write_topology(nodes: list[NodeSpec], path: Path) -> Path:
@@ -45,57 +53,38 @@ def write_topology(nodes: list[NodeSpec], path: Path) -> Path:
     return path
 
 
-def _free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
 class RandomBootstrapCluster(PeerCluster):
     """A PeerCluster whose peers do not all hang off the first one: each peer's bootstrap list is
     the first peer plus ``extra`` other peers drawn at random (seeded), so the libp2p connection
     graph is a random graph instead of a star. All libp2p addresses are fixed in advance (a free
     port and the peer id from the key); the bootstrap dials retry until their targets are up.
-    Uses only PeerCluster's public start/wait_ready/init_all: the daemon is unchanged."""
+    Only PeerCluster's bootstrap plan differs: the daemon is unchanged."""
 
-    def __init__(self, *args, extra: int = 3, seed: int = 0, **kwargs) -> None:
+    def __init__(self, *args: object, extra: int = 3, seed: int = 0, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
         self.extra, self.seed = extra, seed
 
-    def __enter__(self) -> RandomBootstrapCluster:
-        from fiun_peer.identity import Identity
-
-        try:
-            self.init_all(self.peers)
-            ports = [_free_port(p.host) for p in self.peers]
-            addrs = [f"/ip4/{p.host}/tcp/{port}/p2p/{Identity.load(p.home).peer_id}"
-                     for p, port in zip(self.peers, ports, strict=True)]
-            rng = random.Random(self.seed)
-            for i, p in enumerate(self.peers):
-                others = [j for j in range(1, len(self.peers)) if j != i]
-                picks = rng.sample(others, min(self.extra, len(others))) if i else []
-                boot = [addrs[j] for j in ([0] if i else []) + picks]
-                self.start(p, bootstrap=boot, p2p_port=ports[i])
-            for p in self.peers:
-                self.wait_ready(p)
-        except BaseException:
-            self.stop_all()
-            raise
-        return self
+    def bootstrap_plan(self, groups: list[list[Peer]]) -> list[tuple[list[str], int]]:
+        if any(len(g) != 1 for g in groups):
+            raise ValueError("random bootstrap needs one process per peer")
+        ports = [free_port(p.host) for p in self.peers]
+        addrs = [p2p_address(p, port) for p, port in zip(self.peers, ports, strict=True)]
+        rng = random.Random(self.seed)
+        plan = []
+        for i in range(len(self.peers)):
+            others = [j for j in range(1, len(self.peers)) if j != i]
+            picks = rng.sample(others, min(self.extra, len(others))) if i else []
+            plan.append(([addrs[j] for j in ([0] if i else []) + picks], ports[i]))
+        return plan
 
 
 def make_cluster(root: Path, names: list[str], *, startup_timeout: float, peers_per_process: int = 1,
                  sync_interval: float = 2.0, connect: str = "star", seed: int = 0) -> PeerCluster:
     """A PeerCluster with JSON logs (we read timestamps from them). ``connect="star"`` is the
     harness's default (everyone bootstraps to the first peer); ``"random"`` bootstraps each peer to
-    the first and three random others. ``peers_per_process`` > 1 only if simulations.peers has it."""
-    kwargs: dict = {"log_json": True, "startup_timeout": startup_timeout, "sync_interval": sync_interval}
-    if peers_per_process != 1:
-        import inspect
-
-        if "peers_per_process" not in inspect.signature(PeerCluster).parameters:
-            raise RuntimeError("this PeerCluster has no peers_per_process option")
-        kwargs["peers_per_process"] = peers_per_process
+    the first and three random others."""
+    kwargs: dict = {"log_json": True, "startup_timeout": startup_timeout, "sync_interval": sync_interval,
+                    "peers_per_process": peers_per_process}
     if connect == "random":
         if peers_per_process != 1:
             raise ValueError("random bootstrap needs one process per peer")
@@ -182,65 +171,20 @@ class MemorySampler:
                                  "sum": sum(uss) if uss else None}}
 
 
-TRANSIENT = ("DEADLINE_EXCEEDED", "UNAVAILABLE", "RESOURCE_EXHAUSTED")
-
-
-def call(method, request, *, timeout: float = 20.0, patience: float = 120.0):
-    """An admin RPC, retried while it fails transiently (a peer starved of CPU on a machine shared
-    with other jobs can miss a deadline); any other error is raised at once."""
-    import grpc
-
-    deadline = time.monotonic() + patience
-    while True:
-        try:
-            return method(request, timeout=timeout)
-        except grpc.RpcError as exc:
-            if exc.code().name not in TRANSIENT or time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
-
-
-def _progress(peer: Peer, request_id: str) -> admin_pb2.GetRequestReply | None:
-    import grpc
-
-    try:
-        return call(peer.admin.GetRequest, admin_pb2.GetRequestRequest(request_id=request_id))
-    except grpc.RpcError as exc:
-        if exc.code() == grpc.StatusCode.NOT_FOUND:
-            return None
-        raise
+def patient(peer: Peer) -> AdminClient:
+    """The peer's admin client, retrying transient failures for up to 120 s (a peer starved of CPU on a
+    machine shared with other jobs can miss a deadline); any other error is raised at once."""
+    return peer.client.with_policy(timeout=20.0, patience=120.0)
 
 
 def wait_lineage(peer: Peer, count: int, *, timeout: float) -> None:
     """Until ``peer`` knows ``count`` models (PeerCluster.wait_lineage, with transient retries)."""
-    deadline = time.monotonic() + timeout
-    while len(call(peer.admin.ListLineage, admin_pb2.ListLineageRequest()).models) < count:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{peer.name} knows fewer than {count} models after {timeout}s")
-        time.sleep(0.2)
+    peers.wait_lineage(peer, count, timeout=timeout, client=patient(peer))
 
 
-def wait_all_done(peers: list[Peer], request_id: str, *, timeout: float,
-                  first: Peer | None = None) -> dict[str, admin_pb2.GetRequestReply]:
-    """Poll until every peer reports the request done (every affected model has a receipt there).
-    With ``first``, only that peer is polled until it is done, so polling N peers does not load them
-    while they work (the numbers come from their own timestamps either way)."""
-    deadline = time.monotonic() + timeout
-    done: dict[str, admin_pb2.GetRequestReply] = {}
-    order = ([first] if first else []) + [p for p in peers if p is not first]
-    for group in ([order[:1], order] if first else [order]):
-        while any(p.name not in done for p in group):
-            for p in group:
-                if p.name not in done:
-                    r = _progress(p, request_id)
-                    if r is not None and r.done:
-                        done[p.name] = r
-            if any(p.name not in done for p in group):
-                if time.monotonic() > deadline:
-                    missing = [p.name for p in group if p.name not in done]
-                    raise TimeoutError(f"request {request_id} not done on {missing} after {timeout}s")
-                time.sleep(0.2)
-    return done
+def wait_all_done(group: list[Peer], request_id: str, *, timeout: float, first: Peer | None = None) -> dict:
+    """simulations.peers.wait_done with transient retries: peer name -> its GetRequestReply."""
+    return peers.wait_done(group, request_id, timeout=timeout, first=first, clients=patient)
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -302,8 +246,7 @@ def run_request(requester: Peer, owners: dict[str, Peer], peers: list[Peer], for
     c0_each = {n: cpu_seconds([pid]) for n, pid in by_name.items()}
     c0 = sum(c0_each.values())
     t0 = time.time()
-    reply = call(requester.admin.RequestUnlearning, admin_pb2.RequestUnlearningRequest(  # idempotent by id
-        forget_labels=list(forget), request_id=request_id), timeout=60)
+    reply = patient(requester).request_unlearning(list(forget), request_id=request_id, timeout=60)  # idempotent by id
     ack = time.time() - t0
     wait_all_done([requester], request_id, timeout=timeout)
     polled = time.time() - t0
@@ -402,22 +345,6 @@ def publish_times(peers: list[Peer], *, before: float) -> dict:
 
 
 def write_section(name: str, body: str, path: Path | None = None) -> Path:
-    """Replace (or append) ``<!-- section:NAME -->`` ... ``<!-- /section:NAME -->`` after the network
-    marker of RESULTS.md, re-reading the file right before writing (others edit it too)."""
-    path = path or ROOT / "RESULTS.md"
-    start, end = f"<!-- section:{name} -->", f"<!-- /section:{name} -->"
-    block = f"{start}\n{body.rstrip()}\n{end}"
-    text = path.read_text()
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        text = head + block + rest.split(end, 1)[1]
-    else:
-        if MARKER not in text:
-            text = text.rstrip() + f"\n\n{MARKER}\n"
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
-    return path
-
-
-def fmt(x: float | None, digits: int = 2) -> str:
-    return "–" if x is None else f"{x:.{digits}f}"
+    """Replace (or append) section ``name`` of RESULTS.md (simulations.report.write_section)."""
+    begin, end = section_markers(name)
+    return report.write_section(path or ROOT / "RESULTS.md", f"{begin}\n{body.rstrip()}\n{end}")
