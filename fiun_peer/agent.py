@@ -14,7 +14,6 @@ restart triggers it, so a crash at any point is repaired by simply running it ag
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import time
 import uuid
@@ -26,6 +25,7 @@ import torch
 import trio
 
 from . import faults
+from .address_book import AddressBook
 from .bridge import run_in_worker
 from .core.fiun import FIUnSettings, check_fisher
 from .formats import Classifier, versions
@@ -50,6 +50,7 @@ from .records import (
     record_id_of,
     sha256_hex,
 )
+from .seams import BlobFetcher, NoNetwork, Publisher
 from .store import Store
 from .tensors import TensorFileError, from_bytes, load_dataset_bytes, to_bytes
 from .unlearn import apply_fiun_head, node_model_fisher, node_unlearning_fisher
@@ -127,21 +128,19 @@ class Progress:
 class Agent:
     """Owns the store-backed state of one peer. Call its methods on the trio thread only."""
 
-    def __init__(self, identity: Identity, store: Store, *, publish: Callable[[bytes], Any],
-                 fetch_blob: Callable[[str, str], bytes], defaults: FIUnSettings | None = None,
-                 requesters: RequesterPolicy | None = None) -> None:
+    def __init__(self, identity: Identity, store: Store, *, publisher: Publisher | None = None,
+                 fetcher: BlobFetcher | None = None, book: AddressBook | None = None,
+                 defaults: FIUnSettings | None = None, requesters: RequesterPolicy | None = None) -> None:
         self.identity = identity
         self.requesters = requesters or RequesterPolicy()
         self.store = store
-        self._publish = publish              # async fn(bytes, push_to, gossip): send it (see publish_record)
-        self._fetch_blob = fetch_blob        # blocking fn(grpc target, digest) -> verified bytes
+        # The network (fiun_peer.seams; the daemon passes fiun_peer.delivery's): None, no network.
+        self.publisher: Publisher = publisher or NoNetwork()  # our own records out (see publish_record)
+        self.fetcher: BlobFetcher = fetcher or NoNetwork()    # Fisher blobs in, digest verified
+        # The known peers and when each was last heard from; the daemon's, shared with membership.
+        self.book = book or AddressBook(identity.public_key_hex)
         self._pull_slots = trio.CapacityLimiter(PULL_PARALLEL)
         self.defaults = defaults or FIUnSettings()
-        self.peers: dict[str, str] = {}      # public key hex -> gRPC address (learned from hellos)
-        # public key hex -> when this peer last heard from it directly (a record it pushed, a sync
-        # with it that answered); "why pending" says "offline" only for peers silent for a while.
-        self.heard: dict[str, float] = {}
-        self.lost: dict[str, float] = {}     # public key hex -> when a call to it last failed
         self.arrived: dict[str, float] = {}  # record id -> when this peer first stored it
         self._view: LineageView | None = None
         self._kick = trio.Event()
@@ -275,7 +274,7 @@ class Agent:
         self.ingest(rec.envelope, source="local")
         push_to, gossip = self._delivery(rec)
         try:
-            await self._publish(rec.envelope, push_to, gossip)
+            await self.publisher.publish(rec.envelope, push_to, gossip)
         except Exception as exc:  # gossip is best effort; anti-entropy sync repairs any gap
             log.warning("gossip publish failed", extra={"event": "publish_failed", "detail": str(exc)})
 
@@ -722,7 +721,7 @@ class Agent:
                 return None, f"no known peer to fetch Fisher {digest[:12]} of {ann.predicate['model_id']} from"
             for target in targets:
                 try:
-                    data = await trio.to_thread.run_sync(self._fetch_blob, target, digest)
+                    data = await trio.to_thread.run_sync(self.fetcher.fetch, target, digest)
                     break
                 except Exception as exc:  # try the next provider
                     self.store.incr("fisher_fetch_failed")
@@ -827,51 +826,40 @@ class Agent:
         await self.publish_record(receipt)
 
     # -- peers --------------------------------------------------------------------------------
+    # The address book (fiun_peer.address_book) holds them; these views keep the agent's own code
+    # and its callers as they were.
+    @property
+    def peers(self) -> dict[str, str]:
+        """Public key hex -> gRPC address of every known peer."""
+        return self.book.peers
+
+    @property
+    def heard(self) -> dict[str, float]:
+        return self.book.heard
+
+    @property
+    def lost(self) -> dict[str, float]:
+        return self.book.lost
+
     def _owner_note(self, m: str, doing: str) -> str:
         """Who must act for model ``m`` and what this peer knows of them, for "why pending" texts:
         "offline" only for an owner this peer has not heard from directly for a while."""
         key = self.view.owner(m) or ""
         if key == self.identity.public_key_hex:
             return f"this peer, {doing}"
-        addr = self.peers.get(key)
-        where = f"at {addr}" if addr else "address not known yet"
-        now, heard, lost = time.time(), self.heard.get(key), self.lost.get(key)
-        if lost is not None and (heard is None or lost > heard):
-            return f"owner {key[:12]} {where}, unreachable {now - lost:.0f}s ago: offline or {doing}"
-        if heard is not None and now - heard < QUIET_BEFORE_OFFLINE:
-            return f"owner {key[:12]} {where}, heard from {now - heard:.0f}s ago: {doing}"
-        since = f"not heard from for {now - heard:.0f}s" if heard else "not heard from since this peer started"
-        return f"owner {key[:12]} {where}, {since}: offline or {doing}"
+        return self.book.describe(key, doing)
 
     def awaited_peers(self, progress: list[Progress]) -> list[str]:
         """gRPC addresses of the other peers whose records a request still waits for (the owners of
         its models without a receipt, discovery owners among them), for a watcher that wants their
         receipts now rather than at the next anti-entropy round."""
-        me = self.identity.public_key_hex
         keys = {self.view.owner(p.model_id) for p in progress if p.state not in ("applied", "not_affected")}
-        return sorted({self.peers[k] for k in keys if k and k != me and k in self.peers})
+        return self.book.addresses_of(k for k in keys if k)
 
     def contacted(self, address: str, *, answered: bool) -> None:
         """A call to the peer at gRPC ``address`` (e.g. a sync) answered, or failed."""
-        for key, addr in self.peers.items():
-            if addr == address:
-                (self.heard if answered else self.lost)[key] = time.time()
+        self.book.contacted(address, answered=answered)
 
     def _waiting_for(self, missing: list[str]) -> str:
         notes = ", ".join(f"{d} ({self._owner_note(d, 'still computing')})" for d in missing)
         return f"waiting for Fisher announcements from {notes}"
-
-    def learn_peer(self, hello: bytes) -> tuple[str, list[str]] | None:
-        """A hello blob: {"grpc": "host:port", "public_key": hex, "name": ..., "p2p": [multiaddr]}.
-        Returns the peer's gRPC address and its libp2p addresses (empty from older peers)."""
-        try:
-            info = json.loads(hello)
-            key, addr = str(info["public_key"]), str(info["grpc"])
-            p2p = [str(a) for a in info.get("p2p", [])][:8]
-        except (ValueError, KeyError, TypeError, AttributeError):
-            self.store.incr("rejected_hello")
-            return None
-        if key == self.identity.public_key_hex:
-            return None
-        self.peers[key] = addr
-        return addr, p2p

@@ -19,7 +19,7 @@ ME, OTHER = Identity.from_seed(b"\x21" * 32, "me"), Identity.from_seed(b"\x22" *
 def agent(tmp_path: Path):
     """Ours: m0 (label 0, a root) and m2 (label 2, fine-tuned from m1); m1 (label 1) is OTHER's."""
     store = Store(tmp_path)
-    a = Agent(ME, store, publish=None, fetch_blob=None)
+    a = Agent(ME, store)
     for rec in (lineage(ME, "m0", [0]), lineage(OTHER, "m1", [1]), lineage(ME, "m2", [2], ("m1",))):
         assert a.ingest(rec.envelope, source="test")[2] == "accepted"
     for m in ("m0", "m2"):
@@ -43,7 +43,7 @@ def test_a_pass_with_no_request_leaves_the_lineage_view_unbuilt(tmp_path: Path) 
     # Every new model drops the view; a pass that rebuilt it for nothing made each of 64 arriving
     # lineage records cost a full rebuild (bench: reconcile CPU 11 ms -> 128 ms for 64 records).
     with Store(tmp_path) as store:
-        a = Agent(ME, store, publish=None, fetch_blob=None)
+        a = Agent(ME, store)
         for rec in (lineage(ME, "m0", [0]), lineage(OTHER, "m1", [1])):
             assert a.ingest(rec.envelope, source="test")[2] == "accepted"
             trio.run(a.reconcile)
