@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from record_support import d, lineage
+from record_support import CallPublisher, d, lineage
 
 from fiun_peer import records as R
 from fiun_peer.agent import Agent
@@ -79,7 +79,7 @@ def test_an_applied_request_is_settled_once_its_receipt_is_ours(agent: Agent, mo
 
     async def publish(envelope: bytes, push_to, gossip) -> None:
         sent.append(R.parse_record(envelope))
-    agent._publish = publish
+    agent.publisher = CallPublisher(publish)
     trio.run(agent.reconcile)
     assert [r.kind for r in sent] == ["lineage", "receipt"]   # the missing receipt goes out once
     reads = _state_reads(agent, monkeypatch)
@@ -103,7 +103,7 @@ def _m3_from_m1_v2(agent: Agent) -> list[R.Record]:
 
     async def publish(envelope: bytes, push_to, gossip) -> None:
         sent.append(R.parse_record(envelope))
-    agent._publish = publish
+    agent.publisher = CallPublisher(publish)
     return sent
 
 
@@ -157,7 +157,7 @@ def test_the_reason_of_an_aggregate_of_many_clean_parents_fits_a_receipt(agent: 
 
     async def publish(envelope: bytes, push_to, gossip) -> None:
         sent.append(R.parse_record(envelope))
-    agent._publish = publish
+    agent.publisher = CallPublisher(publish)
     trio.run(agent.reconcile)
     (spared,) = [r for r in sent if r.kind == "receipt" and r.predicate["model_id"] == "agg"]
     assert len(spared.predicate["reason"]) == R.MAX_REASON and spared.predicate["reason"].endswith("...")
