@@ -134,11 +134,13 @@ class Agent:
         self.identity = identity
         self.requesters = requesters or RequesterPolicy()
         self.store = store
-        # The network (fiun_peer.seams; the daemon passes fiun_peer.delivery's): None, no network.
-        self.publisher: Publisher = publisher or NoNetwork()  # our own records out (see publish_record)
-        self.fetcher: BlobFetcher = fetcher or NoNetwork()    # Fisher blobs in, digest verified
-        # The known peers and when each was last heard from; the daemon's, shared with membership.
-        self.book = book or AddressBook(identity.public_key_hex)
+        # The network (fiun_peer.seams; the daemon passes fiun_peer.delivery's; None: none): our own
+        # records out (see publish_record), Fisher blobs in (digest verified).
+        self.publisher: Publisher = publisher if publisher is not None else NoNetwork()
+        self.fetcher: BlobFetcher = fetcher if fetcher is not None else NoNetwork()
+        # The known peers and when each was last heard from: the daemon's, shared with membership
+        # (an empty book is falsy, hence "is not None").
+        self.book = book if book is not None else AddressBook(identity.public_key_hex)
         self._pull_slots = trio.CapacityLimiter(PULL_PARALLEL)
         self.defaults = defaults or FIUnSettings()
         self.arrived: dict[str, float] = {}  # record id -> when this peer first stored it
