@@ -128,9 +128,6 @@ class GossipConfig:
     #: How long a new neighbour may take to subscribe to the hello topic before we stop waiting
     #: on it (see ``wait_for_hello_listener``; the next connection waits again).
     hello_listener_timeout: float = 10.0
-    #: How long ``wait_for_hello_listener`` then waits for the listener to join our mesh (a few
-    #: heartbeats: one grafts it).
-    hello_mesh_wait: float = 3.0
     #: Bootstrap dialing: exponential backoff between failed dials, and how often a connected
     #: bootstrap peer is checked (and re-dialled if the connection dropped).
     bootstrap_backoff_initial: float = 0.2
@@ -421,15 +418,9 @@ class GossipNode:
         await self._publish(HELLO_TOPIC, frame)
 
     async def wait_for_hello_listener(self) -> None:
-        """Return once a neighbour of this run has subscribed to the hello topic, and then once it is
-        in our mesh for it or after ``hello_mesh_wait`` seconds, whichever comes first. GossipSub
-        sends our own message to mesh peers only; one published before the first heartbeat has
-        grafted anyone travels only by the lazy IHAVE/IWANT gossip of later heartbeats, which a
-        loaded peer may miss, and a hello is sent once."""
+        """Return once a neighbour of this run has subscribed to the hello topic: a hello published
+        before that reaches nobody (GossipSub sends it only to subscribed peers)."""
         await self._hello_listener.wait()
-        with trio.move_on_after(self.config.hello_mesh_wait):
-            while not self.mesh_peers(HELLO_TOPIC):
-                await trio.sleep(0.05)
 
     async def _publish(self, topic: str, data: bytes) -> None:
         check_size(data)
