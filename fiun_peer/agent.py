@@ -16,15 +16,14 @@ the daemon, the admin service and the tests call:
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 import trio
 
+from .address_book import AddressBook
 from .core.fiun import FIUnSettings, SettingsError
 from .errors import AgentError, NotFound, NotReady
 from .identity import Identity
@@ -33,40 +32,39 @@ from .lineage import LineageView
 from .own_models import Export, OwnModels
 from .policy import RequesterPolicy
 from .progress import Progress, request_progress
-from .publication import ParentRef, Publisher
+from .publication import ModelPublisher, ParentRef
 from .reconcile import Reconciler
 from .records import Record, build_request, is_valid_id
+from .seams import BlobFetcher, NoNetwork, Publisher
 from .store import Store
 
 # Importable from here too (the admin service, the CLI and tests did before they had modules).
 __all__ = ["Agent", "AgentError", "NotFound", "NotReady", "ParentRef", "Progress"]
 
 log = logging.getLogger("fiun_peer.agent")
-#: Seconds without a direct word from a peer before "why pending" texts call it possibly offline.
-QUIET_BEFORE_OFFLINE = 60.0
 
 
 class Agent:
     """One peer's behaviour, its parts wired together. Call its methods on the trio thread only
     (except :meth:`read_export`)."""
 
-    def __init__(self, identity: Identity, store: Store, *, publish: Callable[[bytes], Any],
-                 fetch_blob: Callable[[str, str], bytes], defaults: FIUnSettings | None = None,
-                 requesters: RequesterPolicy | None = None) -> None:
+    def __init__(self, identity: Identity, store: Store, *, publisher: Publisher | None = None,
+                 fetcher: BlobFetcher | None = None, book: AddressBook | None = None,
+                 defaults: FIUnSettings | None = None, requesters: RequesterPolicy | None = None) -> None:
         self.identity = identity
         self.store = store
-        self._publish = publish              # async fn(bytes, push_to, gossip): send it (see publish_record)
-        self._fetch_blob = fetch_blob        # blocking fn(grpc target, digest) -> verified bytes
-        self.peers: dict[str, str] = {}      # public key hex -> gRPC address (learned from hellos)
-        # public key hex -> when this peer last heard from it directly (a record it pushed, a sync
-        # with it that answered); "why pending" says "offline" only for peers silent for a while.
-        self.heard: dict[str, float] = {}
-        self.lost: dict[str, float] = {}     # public key hex -> when a call to it last failed
+        # The network (fiun_peer.seams; the daemon passes fiun_peer.delivery's; None: none): our own
+        # records out (see publish_record), Fisher blobs in (digest verified).
+        self.publisher: Publisher = publisher if publisher is not None else NoNetwork()
+        self.fetcher: BlobFetcher = fetcher if fetcher is not None else NoNetwork()
+        # The known peers and when each was last heard from: the daemon's, shared with membership
+        # (an empty book is falsy, hence "is not None").
+        self.book = book if book is not None else AddressBook(identity.public_key_hex)
         self.ledger = Ledger(identity, store, requesters or RequesterPolicy(), heard=self._heard_from,
                              stored=self.kick)
         self.models = OwnModels(self.ledger)
-        self.publisher = Publisher(identity, self.ledger, self.models, defaults or FIUnSettings(),
-                                   publish=self.publish_record)
+        self.publication = ModelPublisher(identity, self.ledger, self.models, defaults or FIUnSettings(),
+                                          publish=self.publish_record)
         self.reconciler = Reconciler(identity, self.ledger, self.models, publish=self.publish_record,
                                      pull=self._pull_fisher, waiting_for=self._waiting_for)
 
@@ -85,7 +83,7 @@ class Agent:
         return self.ledger.ingest_many(envelopes, source=source)
 
     def _heard_from(self, key: str) -> None:
-        self.heard[key] = time.time()
+        self.book.heard_from(key)
 
     # -- the reconcile loop (fiun_peer.reconcile) ---------------------------------------------
     def kick(self) -> None:
@@ -115,7 +113,7 @@ class Agent:
         self.ingest(rec.envelope, source="local")
         push_to, gossip = self._delivery(rec)
         try:
-            await self._publish(rec.envelope, push_to, gossip)
+            await self.publisher.publish(rec.envelope, push_to, gossip)
         except Exception as exc:  # gossip is best effort; anti-entropy sync repairs any gap
             log.warning("gossip publish failed", extra={"event": "publish_failed", "detail": str(exc)})
 
@@ -153,7 +151,7 @@ class Agent:
         errors = []
         for target in targets:
             try:
-                return await trio.to_thread.run_sync(self._fetch_blob, target, digest), ""
+                return await trio.to_thread.run_sync(self.fetcher.fetch, target, digest), ""
             except Exception as exc:  # try the next provider
                 self.store.incr("fisher_fetch_failed")
                 errors.append(f"{target}: {exc}")
@@ -164,16 +162,16 @@ class Agent:
                             labels: list[int], architecture: dict[str, Any],
                             head_tensors: list[str], format: str = "zoo",
                             head: str = "") -> tuple[str, str, list[dict[str, Any]]]:
-        """Publish an own model (:meth:`fiun_peer.publication.Publisher.publish_model`): (model
+        """Publish an own model (:meth:`fiun_peer.publication.ModelPublisher.publish_model`): (model
         digest, record id, the parents as signed)."""
-        return await self.publisher.publish_model(
+        return await self.publication.publish_model(
             model_id=model_id, weights=weights, data=data, parents=parents, labels=labels,
             architecture=architecture, head_tensors=head_tensors, format=format, head=head)
 
     def export_target(self, model_id: str, *, digest: str = "", version: int = 0) -> tuple[str, int]:
         """(digest, version) of a version of a model this peer owns: the current one, or the one
         named by ``digest`` or ``version`` (then :meth:`read_export`, off the trio loop)."""
-        return self.publisher.export_target(model_id, digest=digest, version=version)
+        return self.publication.export_target(model_id, digest=digest, version=version)
 
     def architecture(self, model_id: str) -> dict[str, Any]:
         """The architecture a model's version-1 lineage record names."""
@@ -241,51 +239,40 @@ class Agent:
         self.store.incr(name)
 
     # -- peers --------------------------------------------------------------------------------
+    # The address book (fiun_peer.address_book) holds them; these views keep the agent's own code
+    # and its callers as they were.
+    @property
+    def peers(self) -> dict[str, str]:
+        """Public key hex -> gRPC address of every known peer."""
+        return self.book.peers
+
+    @property
+    def heard(self) -> dict[str, float]:
+        return self.book.heard
+
+    @property
+    def lost(self) -> dict[str, float]:
+        return self.book.lost
+
     def _owner_note(self, m: str, doing: str) -> str:
         """Who must act for model ``m`` and what this peer knows of them, for "why pending" texts:
         "offline" only for an owner this peer has not heard from directly for a while."""
         key = self.view.owner(m) or ""
         if key == self.identity.public_key_hex:
             return f"this peer, {doing}"
-        addr = self.peers.get(key)
-        where = f"at {addr}" if addr else "address not known yet"
-        now, heard, lost = time.time(), self.heard.get(key), self.lost.get(key)
-        if lost is not None and (heard is None or lost > heard):
-            return f"owner {key[:12]} {where}, unreachable {now - lost:.0f}s ago: offline or {doing}"
-        if heard is not None and now - heard < QUIET_BEFORE_OFFLINE:
-            return f"owner {key[:12]} {where}, heard from {now - heard:.0f}s ago: {doing}"
-        since = f"not heard from for {now - heard:.0f}s" if heard else "not heard from since this peer started"
-        return f"owner {key[:12]} {where}, {since}: offline or {doing}"
+        return self.book.describe(key, doing)
 
     def awaited_peers(self, progress: list[Progress]) -> list[str]:
         """gRPC addresses of the other peers whose records a request still waits for (the owners of
         its models without a receipt, discovery owners among them), for a watcher that wants their
         receipts now rather than at the next anti-entropy round."""
-        me = self.identity.public_key_hex
         keys = {self.view.owner(p.model_id) for p in progress if p.state not in ("applied", "not_affected")}
-        return sorted({self.peers[k] for k in keys if k and k != me and k in self.peers})
+        return self.book.addresses_of(k for k in keys if k)
 
     def contacted(self, address: str, *, answered: bool) -> None:
         """A call to the peer at gRPC ``address`` (e.g. a sync) answered, or failed."""
-        for key, addr in self.peers.items():
-            if addr == address:
-                (self.heard if answered else self.lost)[key] = time.time()
+        self.book.contacted(address, answered=answered)
 
     def _waiting_for(self, missing: list[str]) -> str:
         notes = ", ".join(f"{d} ({self._owner_note(d, 'still computing')})" for d in missing)
         return f"waiting for Fisher announcements from {notes}"
-
-    def learn_peer(self, hello: bytes) -> tuple[str, list[str]] | None:
-        """A hello blob: {"grpc": "host:port", "public_key": hex, "name": ..., "p2p": [multiaddr]}.
-        Returns the peer's gRPC address and its libp2p addresses (empty from older peers)."""
-        try:
-            info = json.loads(hello)
-            key, addr = str(info["public_key"]), str(info["grpc"])
-            p2p = [str(a) for a in info.get("p2p", [])][:8]
-        except (ValueError, KeyError, TypeError, AttributeError):
-            self.store.incr("rejected_hello")
-            return None
-        if key == self.identity.public_key_hex:
-            return None
-        self.peers[key] = addr
-        return addr, p2p

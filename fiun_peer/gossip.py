@@ -6,22 +6,14 @@ router.  It carries small payloads only (records, digests): tensors travel over 
 Topics
 ------
 * ``topic`` (default ``fiun/records/v1``): application payloads, delivered to ``on_message``.
-* ``fiun/hello/v1``: the *hello* protocol.  Each node that was given an ``announce`` blob (the agent
-  puts a small JSON there: gRPC address + public key) publishes it on this topic once its first
-  connection is up, periodically (``hello_interval``, stretched as the network grows; or never) and, with
-  ``hello_replies`` on, soon after each new connection and soon after it learns of a peer it had
-  not heard from before (so a newcomer learns everybody within about a second, not an interval).
-  Every hello reaches every peer, so those replies cost O(N^2) deliveries when N peers start at
-  once, which saturates small machines from a few dozen peers on: the daemon turns them off and
-  hands its hello to a newcomer over gRPC instead (``RecordService.Sync``).
-  On the wire a hello is ``HELLO_MAGIC + boot id (8 random bytes per run) + blob``.  Receivers
-  call ``on_hello(blob, origin_peer_id)`` the first time they hear from a peer, whenever its blob
-  changes, and when it restarted (new boot id): the agent's cue to run a catch-up sync with it.
-  ``known_hellos()`` returns the latest blob per peer.  The origin peer id
-  comes from the pubsub message signature (strict signing), so a blob cannot be spoofed for
-  another peer id; whatever the blob itself claims (a public key) is for the agent to check.
+* ``fiun/hello/v1`` (``HELLO_TOPIC``): hello frames, handed raw to ``on_hello(frame, origin peer id)``
+  and sent with ``publish_hello``. What a hello says, when ours goes out and which ones are news is
+  ``fiun_peer.membership``'s business; this node only carries them, and tells it when the first
+  neighbour listens on the topic (``wait_for_hello_listener``), so the first hello is not lost.
+  The origin peer id comes from the pubsub message signature (strict signing), so a frame cannot
+  be spoofed for another peer id.
 
-py-libp2p 0.8.1 traps this module works around (see DESIGN.md "Measured on this machine kind"):
+py-libp2p 0.8.1 traps this module works around (see docs/architecture.md):
 * GossipSub spam protection drops > ``max_messages_per_topic_per_second`` (default 10) messages
   per forwarding peer and topic *silently*; it even applies to our own publishes.  We raise it
   (default 1000) and pace our own publishing well below it.
@@ -44,7 +36,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import random
 import time
 from collections import deque
@@ -77,8 +68,6 @@ logger = logging.getLogger(__name__)
 
 RECORDS_TOPIC = "fiun/records/v1"
 HELLO_TOPIC = "fiun/hello/v1"
-HELLO_MAGIC = b"fiun-hello/1\n"
-_BOOT_ID_LEN = 8
 
 #: GossipSub's RPC frame limit (1 MiB, as in go-libp2p-pubsub): a larger RPC is dropped by the
 #: sender's queue and refused by the receiver.
@@ -96,7 +85,15 @@ MUXER_PROTOCOLS: tuple[str, ...] = (str(YAMUX_PROTOCOL_ID),)
 GOSSIPSUB_PROTOCOLS: tuple[TProtocol, ...] = (PROTOCOL_ID_V11, PROTOCOL_ID)
 
 MessageHandler = Callable[[bytes, str], Awaitable[None]]
-PeerHandler = Callable[[str, list[str]], Awaitable[None]]
+
+
+def check_size(data: bytes, overhead: int = 0) -> None:
+    """Raise ``PayloadTooLarge`` unless ``data`` plus ``overhead`` bytes of framing fits one message."""
+    if len(data) + overhead > MAX_PAYLOAD_BYTES:
+        raise PayloadTooLarge(
+            f"payload of {len(data)} bytes exceeds the gossip limit of {MAX_PAYLOAD_BYTES - overhead} bytes "
+            f"(pubsub RPCs are capped at {MAX_RPC_BYTES}); send bulk data over gRPC"
+        )
 
 
 class GossipError(RuntimeError):
@@ -128,16 +125,9 @@ class GossipConfig:
     #: stall publishing (that peer then misses messages and anti-entropy repairs it).
     publish_queue_high_water: int = OutBoundQueueSize // 2
     publish_backpressure_timeout: float = 5.0
-    #: Seconds between periodic hello announcements, for up to ``hello_peers_per_interval`` known
-    #: peers; beyond that the interval grows in proportion, so the network-wide hello rate stays
-    #: bounded (each hello is delivered to every peer). A safety net only: see the module doc.
-    #: None: no periodic hello (the daemon's choice: its peers exchange peer lists over gRPC).
-    hello_interval: float | None = 30.0
-    hello_peers_per_interval: int = 8
-    #: Re-announce on each new connection and to each newcomer (see the module doc).
-    hello_replies: bool = True
-    #: Minimum gap between two of our hellos, so a burst of new peers costs one hello.
-    hello_min_gap: float = 0.25
+    #: How long a new neighbour may take to subscribe to the hello topic before we stop waiting
+    #: on it (see ``wait_for_hello_listener``; the next connection waits again).
+    hello_listener_timeout: float = 10.0
     #: Bootstrap dialing: exponential backoff between failed dials, and how often a connected
     #: bootstrap peer is checked (and re-dialled if the connection dropped).
     bootstrap_backoff_initial: float = 0.2
@@ -190,6 +180,32 @@ async def _clean_peerstore_every(peerstore: Any, interval: float) -> None:
             logger.exception("peerstore cleanup failed")
 
 
+def _new_host(key_pair: KeyPair, listen: multiaddr.Multiaddr, advertise: list[multiaddr.Multiaddr]) -> IHost:
+    # Noise only (py-libp2p's default also offers TLS, secio and plaintext), yamux only.
+    noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
+    return new_host(
+        key_pair=key_pair,
+        sec_opt={NOISE_PROTOCOL_ID: noise},
+        muxer_opt={YAMUX_PROTOCOL_ID: Yamux},
+        listen_addrs=[listen],
+        announce_addrs=advertise or None,
+    )
+
+
+def _new_gossipsub(c: GossipConfig) -> GossipSub:
+    return GossipSub(
+        protocols=list(GOSSIPSUB_PROTOCOLS),
+        degree=c.degree,
+        degree_low=c.degree_low,
+        degree_high=c.degree_high,
+        heartbeat_initial_delay=0.1,
+        heartbeat_interval=c.heartbeat_interval,  # type: ignore[arg-type]  # annotated int; a float works
+        adaptive_gossip_enabled=False,
+        spam_protection_enabled=True,
+        max_messages_per_topic_per_second=c.max_messages_per_topic_per_second,
+    )
+
+
 def _peer_str(peer_id: ID) -> str:
     return peer_id.to_base58()
 
@@ -235,10 +251,8 @@ class GossipNode:
         *,
         topic: str = RECORDS_TOPIC,
         on_message: MessageHandler | None = None,
-        on_peer_connected: PeerHandler | None = None,
         on_hello: MessageHandler | None = None,
         bootstrap: Sequence[str] = (),
-        announce: bytes | None = None,
         advertise_addrs: Sequence[str] = (),
         config: GossipConfig | None = None,
         allow_peer: Callable[[str], bool] | None = None,
@@ -250,8 +264,7 @@ class GossipNode:
         self._peer_id = ID.from_pubkey(key_pair.public_key)
         self.topic = topic
         self._on_message = on_message
-        self._on_peer_connected = on_peer_connected
-        self._on_hello = on_hello
+        self._on_hello = on_hello  # raw frames of the hello topic (fiun_peer.membership reads them)
         # A closed network (``--allow-peers``): a connection from any other peer id is closed at once.
         self._allow_peer = allow_peer
         for addr in bootstrap:
@@ -260,9 +273,6 @@ class GossipNode:
         # What we tell peers instead of the listen address, e.g. the container's IP when
         # listening on 0.0.0.0 (libp2p would otherwise advertise 0.0.0.0 itself).
         self._advertise = [multiaddr.Multiaddr(a) for a in advertise_addrs]
-        if announce is not None:
-            self._check_size(announce, overhead=len(HELLO_MAGIC) + _BOOT_ID_LEN)
-        self._announce = announce
         self.config = config or GossipConfig()
 
         self._host: IHost | None = None
@@ -271,19 +281,13 @@ class GossipNode:
         self._up = False
         self._publish_lock = trio.Lock()
         self._publish_times: deque[float] = deque()
-        self._hellos: dict[str, bytes] = {}
-        self._hello_boots: dict[str, bytes] = {}
-        self._boot_id = os.urandom(_BOOT_ID_LEN)
-        self._hello_wanted = trio.Event()
-        self._greeted = False  # a connection of this run has announced us (see _greet)
-        # Peer connection bookkeeping: conns per peer, so the hook fires once per peer coming up.
+        self._hello_listener = trio.Event()  # a neighbour has subscribed to the hello topic
+        # Peer connection bookkeeping: conns per peer, so a peer coming up is noticed once.
         self._conns: dict[str, set[int]] = {}
         self._event_send: trio.MemorySendChannel[tuple[str, Any]] | None = None
         self.stats: dict[str, int] = {
             "published": 0,
             "received": 0,
-            "hellos_received": 0,
-            "hellos_malformed": 0,
             "dropped_inbound": 0,
             "callback_errors": 0,
             "refused_peers": 0,
@@ -316,20 +320,6 @@ class GossipNode:
             return []
         return [str(a) for a in self._host.get_addrs()]
 
-    @property
-    def announce(self) -> bytes | None:
-        return self._announce
-
-    @announce.setter
-    def announce(self, blob: bytes | None) -> None:
-        """Change our hello blob; it is re-announced at once (without replies: only if we have
-        announced ourselves already; otherwise the first connection does)."""
-        if blob is not None:
-            self._check_size(blob, overhead=len(HELLO_MAGIC) + _BOOT_ID_LEN)
-        self._announce = blob
-        if self.config.hello_replies or self._greeted:
-            self._hello_wanted.set()
-
     def connected_peers(self) -> list[str]:
         if self._host is None:
             return []
@@ -341,10 +331,6 @@ class GossipNode:
             return []
         return [_peer_str(p) for p in self._gossipsub.mesh.get(topic or self.topic, set())]
 
-    def known_hellos(self) -> dict[str, bytes]:
-        """Latest hello blob per peer id (not including our own)."""
-        return dict(self._hellos)
-
     def connection_protocols(self, peer_id: str) -> list[tuple[str | None, str | None]]:
         """(security, muxer) protocol ids negotiated on each live connection to ``peer_id``."""
         if self._host is None:
@@ -354,31 +340,6 @@ class GossipNode:
 
     # ---- running --------------------------------------------------------------------------
 
-    def _build_host(self) -> IHost:
-        # Noise only (py-libp2p's default also offers TLS, secio and plaintext), yamux only.
-        noise = NoiseTransport(self._key_pair, noise_privkey=create_x25519_key_pair().private_key)
-        return new_host(
-            key_pair=self._key_pair,
-            sec_opt={NOISE_PROTOCOL_ID: noise},
-            muxer_opt={YAMUX_PROTOCOL_ID: Yamux},
-            listen_addrs=[self._listen_maddr],
-            announce_addrs=self._advertise or None,
-        )
-
-    def _build_gossipsub(self) -> GossipSub:
-        c = self.config
-        return GossipSub(
-            protocols=list(GOSSIPSUB_PROTOCOLS),
-            degree=c.degree,
-            degree_low=c.degree_low,
-            degree_high=c.degree_high,
-            heartbeat_initial_delay=0.1,
-            heartbeat_interval=c.heartbeat_interval,  # type: ignore[arg-type]  # annotated int; a float works
-            adaptive_gossip_enabled=False,
-            spam_protection_enabled=True,
-            max_messages_per_topic_per_second=c.max_messages_per_topic_per_second,
-        )
-
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start host, pubsub and gossipsub, subscribe, then run until cancelled.
 
@@ -387,9 +348,9 @@ class GossipNode:
         """
         if self._host is not None:
             raise GossipError("GossipNode.run may be called only once")
-        host = self._build_host()
+        host = _new_host(self._key_pair, self._listen_maddr, self._advertise)
         _disable_auto_connect(host.get_network())
-        gossipsub = self._build_gossipsub()
+        gossipsub = _new_gossipsub(self.config)
         pubsub = Pubsub(host, gossipsub)
         host.get_network().register_notifee(_ConnNotifee(self))
         self._host, self._gossipsub, self._pubsub = host, gossipsub, pubsub
@@ -429,7 +390,6 @@ class GossipNode:
                 inner.start_soon(self._drain, records, "msg")
                 inner.start_soon(self._drain, hellos, "hello")
                 inner.start_soon(self._dispatch, event_recv, inner)
-                inner.start_soon(self._hello_loop)
                 for addr in self._bootstrap:
                     inner.start_soon(self._keep_connected, addr)
                 self._up = True
@@ -438,14 +398,6 @@ class GossipNode:
                 await trio.sleep_forever()
 
     # ---- publishing -----------------------------------------------------------------------
-
-    @staticmethod
-    def _check_size(data: bytes, overhead: int = 0) -> None:
-        if len(data) + overhead > MAX_PAYLOAD_BYTES:
-            raise PayloadTooLarge(
-                f"payload of {len(data)} bytes exceeds the gossip limit of {MAX_PAYLOAD_BYTES - overhead} bytes "
-                f"(pubsub RPCs are capped at {MAX_RPC_BYTES}); send bulk data over gRPC"
-            )
 
     def _require_up(self) -> Pubsub:
         if not self._up or self._pubsub is None:
@@ -461,8 +413,17 @@ class GossipNode:
         """
         await self._publish(self.topic, data)
 
+    async def publish_hello(self, frame: bytes) -> None:
+        """Publish a hello frame on the hello topic, paced and serialised with the records."""
+        await self._publish(HELLO_TOPIC, frame)
+
+    async def wait_for_hello_listener(self) -> None:
+        """Return once a neighbour of this run has subscribed to the hello topic: a hello published
+        before that reaches nobody (GossipSub sends it only to subscribed peers)."""
+        await self._hello_listener.wait()
+
     async def _publish(self, topic: str, data: bytes) -> None:
-        self._check_size(data)
+        check_size(data)
         pubsub = self._require_up()
         async with self._publish_lock:
             await self._pace()
@@ -580,7 +541,7 @@ class GossipNode:
             first = not conns
             conns.add(id(conn))
             if first:
-                self._enqueue(("peer", (peer_id, conn)))
+                self._enqueue(("peer", peer_id))
         else:
             conns.discard(id(conn))
             if not conns:
@@ -596,80 +557,26 @@ class GossipNode:
                     if self._on_message is not None:
                         await self._on_message(payload.data, _peer_str(ID(payload.from_id)))
                 elif kind == "hello":
-                    await self._handle_hello(payload)
+                    if self._on_hello is not None:
+                        await self._on_hello(bytes(payload.data), _peer_str(ID(payload.from_id)))
                 elif kind == "refuse":
                     self.stats["refused_peers"] += 1
                     await payload.close()
                 elif kind == "peer":
-                    peer_id, conn = payload
-                    nursery.start_soon(self._greet, peer_id)
-                    if self._on_peer_connected is not None:
-                        await self._on_peer_connected(_peer_str(peer_id), self._peer_addrs(peer_id, conn))
+                    if not self._hello_listener.is_set():
+                        nursery.start_soon(self._watch_hello_subscription, payload)
             except Exception:
                 # A failing callback must not take the node down; the agent logs its own errors.
                 self.stats["callback_errors"] += 1
                 logger.exception("gossip %s callback failed", kind)
 
-    def _peer_addrs(self, peer_id: ID, conn: INetConn) -> list[str]:
-        addrs: list[str] = []
-        try:
-            addrs.extend(str(a) for a in conn.get_transport_addresses())
-        except Exception:
-            pass
-        if self._host is not None:
-            try:
-                addrs.extend(str(a) for a in self._host.get_peerstore().addrs(peer_id))
-            except Exception:
-                pass  # PeerStoreError: an inbound peer we hold no addresses for yet
-        return list(dict.fromkeys(addrs))
-
-    async def _handle_hello(self, msg: rpc_pb2.Message) -> None:
-        sender = _peer_str(ID(msg.from_id))
-        self.stats["hellos_received"] += 1
-        data = bytes(msg.data)
-        head = len(HELLO_MAGIC) + _BOOT_ID_LEN
-        if not data.startswith(HELLO_MAGIC) or len(data) < head:
-            self.stats["hellos_malformed"] += 1
-            return
-        boot, blob = data[len(HELLO_MAGIC) : head], data[head:]
-        new_boot = self._hello_boots.get(sender) != boot
-        if not new_boot and self._hellos.get(sender) == blob:
-            return
-        self._hellos[sender] = blob
-        self._hello_boots[sender] = boot
-        if new_boot and self.config.hello_replies:
-            self._hello_wanted.set()  # greet the newcomer (or restarted peer): it lacks our hello
-        if self._on_hello is not None:
-            await self._on_hello(blob, sender)
-
-    async def _greet(self, peer_id: ID) -> None:
-        # Say hello once the new neighbour has subscribed to the hello topic, so it gets it. Without
-        # replies, only the first connection of this run announces us (to the whole network).
+    async def _watch_hello_subscription(self, peer_id: ID) -> None:
+        # A new neighbour: once it has subscribed to the hello topic, a hello of ours reaches it
+        # (and through it the network), so whoever waits to announce may go ahead.
         assert self._pubsub is not None
-        if self._greeted and not self.config.hello_replies:
+        try:
+            await self._pubsub.wait_for_subscription(peer_id, HELLO_TOPIC,
+                                                     timeout=self.config.hello_listener_timeout)
+        except trio.TooSlowError:
             return
-        with trio.move_on_after(10.0):
-            try:
-                await self._pubsub.wait_for_subscription(peer_id, HELLO_TOPIC, timeout=10.0)
-            except trio.TooSlowError:
-                return
-            self._greeted = True
-            self._hello_wanted.set()
-
-    async def _hello_loop(self) -> None:
-        c = self.config
-        while True:
-            # Jittered, so peers started together do not all announce at the same moment.
-            if c.hello_interval is None:
-                await self._hello_wanted.wait()
-            else:
-                stretch = max(1.0, len(self._hellos) / max(1, c.hello_peers_per_interval))
-                with trio.move_on_after(c.hello_interval * stretch * random.uniform(0.75, 1.25)):
-                    await self._hello_wanted.wait()
-            self._hello_wanted = trio.Event()
-            if self._announce is not None:
-                try:
-                    await self._publish(HELLO_TOPIC, HELLO_MAGIC + self._boot_id + self._announce)
-                except Exception:
-                    logger.exception("hello publish failed")
-            await trio.sleep(c.hello_min_gap)
+        self._hello_listener.set()

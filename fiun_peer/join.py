@@ -5,6 +5,8 @@ bootstrap peer has created its key. So a bootstrap entry that is not a multiaddr
 we ask that peer's ``RecordService.Identify`` for its peer id and libp2p addresses, dial them, and do
 it again whenever the link drops (the peer may have restarted elsewhere). Nothing is trusted beyond
 that: the Noise handshake checks the peer id, and every record is verified on its own.
+
+Part of membership: ``fiun_peer.membership.Membership.join`` runs one ``join_via`` per such entry.
 """
 
 from __future__ import annotations

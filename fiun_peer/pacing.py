@@ -1,4 +1,5 @@
-"""When to sync and when to push again: the daemon's two timing rules, kept apart from its wiring.
+"""When to sync and when to push again: the timing rules of anti-entropy (``fiun_peer.anti_entropy``)
+and delivery (``fiun_peer.delivery``), and when a retried dial starts to warn.
 
 * :class:`SyncPacer`: anti-entropy rounds come every ``base`` seconds while they find records
   the pushes missed; each round that finds nothing doubles the gap, up to ``backoff`` times

@@ -43,7 +43,7 @@ class ParentRef:
     version: int = 0
 
 
-class Publisher:
+class ModelPublisher:
     """Publishes this peer's models and finds the versions of its own models to export.
     ``publish(record)`` stores and sends one of our records (``Agent.publish_record``)."""
 

@@ -3,6 +3,7 @@ without real models (policy, fuzzing, pacing, reconcile)."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Awaitable, Callable
 
 from fiun_peer import records as R
 from fiun_peer.identity import Identity
@@ -37,3 +38,14 @@ def serve_fisher(store, data: bytes, *, request_id: str = "r") -> str:
                                           fisher_digest=digest, shapes={"weight": [1]}, estimator="empirical",
                                           labels=[0]))
     return digest
+
+
+class CallPublisher:
+    """A :class:`fiun_peer.seams.Publisher` that hands each record to an async function
+    ``fn(envelope, push_to, gossip)``, for tests that watch what the agent sends."""
+
+    def __init__(self, fn: Callable[[bytes, list[str] | None, bool], Awaitable[None]]) -> None:
+        self._fn = fn
+
+    async def publish(self, envelope: bytes, push_to: list[str] | None, gossip: bool) -> None:
+        await self._fn(envelope, push_to, gossip)

@@ -22,6 +22,7 @@ from cryptography.x509.oid import NameOID
 from fiun_peer.agent import Agent
 from fiun_peer.bridge import TrioBridge
 from fiun_peer.identity import Identity
+from fiun_peer.membership import learn_hello
 from fiun_peer.policy import RequesterPolicy
 from fiun_peer.rpc.admin_service import AdminServicer
 from fiun_peer.rpc.auth import AdminAuth, ServerTLS
@@ -91,6 +92,20 @@ async def _no_publish(data: bytes, push_to: list[str] | None = None, gossip: boo
     return None
 
 
+class _Network:
+    """The agent's network seam (fiun_peer.seams) for a host without one: published records are
+    kept in a list, fetches go to the given function."""
+
+    def __init__(self, published: list[bytes], fetch: Callable[[str, str], bytes]) -> None:
+        self._published, self._fetch = published, fetch
+
+    async def publish(self, envelope: bytes, push_to: list[str] | None, gossip: bool) -> None:
+        self._published.append(envelope)
+
+    def fetch(self, target: str, digest: str) -> bytes:
+        return self._fetch(target, digest)
+
+
 class AgentHost:
     """``with AgentHost(home) as h:`` runs an Agent on its own trio loop in a thread, behind real
     Admin/Fisher/Record servicers on ``h.target``. ``h.call(fn, *args)`` runs ``fn`` on that loop."""
@@ -146,11 +161,8 @@ class AgentHost:
     async def _serve(self) -> None:
         self.store = Store(self.home)
 
-        async def publish(data: bytes, push_to: list[str] | None = None, gossip: bool = True) -> None:
-            self.published.append(data)
-
-        self.agent = Agent(self.identity, self.store, publish=publish, fetch_blob=self._fetch,
-                           requesters=self._requesters)
+        network = _Network(self.published, self._fetch)
+        self.agent = Agent(self.identity, self.store, publisher=network, fetcher=network, requesters=self._requesters)
         self.bridge = TrioBridge()
         status = lambda: {"name": "host", "public_key": self.identity.public_key_hex,  # noqa: E731
                           "records": self.store.record_count(), "counters": self.store.counters()}
@@ -161,7 +173,7 @@ class AgentHost:
             "127.0.0.1:0", AdminServicer(self.agent, self.bridge, status), FisherServicer(self.store),
             RecordServicer(self.store, lambda env: self.bridge.call_sync(
                 functools.partial(self.agent.ingest, env, source="push")), self._identify,
-                on_hello=lambda blob: self.bridge.call_sync(self.agent.learn_peer, blob),
+                on_hello=lambda blob: self.bridge.call_sync(learn_hello, self.agent.book, blob, self.store.incr),
                 peers=list),  # an empty peer list: this host keeps no hellos
             tls=self._tls, admin_auth=AdminAuth(token=self.token) if self.token else None,
             count=self.store.incr, **kwargs)

@@ -177,7 +177,7 @@ def rejected_total(counters: dict[str, int]) -> int:
 def test_bases_would_be_accepted(tmp_path: Path) -> None:
     """The mutations start from records the target accepts, so a refusal is the mutation's doing."""
     store = Store(tmp_path)
-    agent = Agent(Identity.generate("victim"), store, publish=None, fetch_blob=None)
+    agent = Agent(Identity.generate("victim"), store)
     for rec in [*SETUP, *BASES.values()]:
         assert agent.ingest(rec.envelope, source="test")[2] == "accepted", rec.kind
     store.close()
@@ -185,7 +185,7 @@ def test_bases_would_be_accepted(tmp_path: Path) -> None:
 
 def test_fuzz_agent_ingest(tmp_path: Path) -> None:
     store = Store(tmp_path)
-    agent = Agent(Identity.generate("victim"), store, publish=None, fetch_blob=None)
+    agent = Agent(Identity.generate("victim"), store)
     for rec in SETUP:
         assert agent.ingest(rec.envelope, source="test")[0]
     held = store.record_ids()
@@ -217,7 +217,7 @@ def test_fuzz_agent_ingest(tmp_path: Path) -> None:
 def test_reencoded_envelope_is_a_duplicate(tmp_path: Path) -> None:
     """Any JSON encoding of a held record's envelope is that record: a duplicate, stored once."""
     store = Store(tmp_path)
-    agent = Agent(Identity.generate("victim"), store, publish=None, fetch_blob=None)
+    agent = Agent(Identity.generate("victim"), store)
     for rec in SETUP:
         assert agent.ingest(rec.envelope, source="test")[2] == "accepted"
     held = store.record_ids()
@@ -285,7 +285,7 @@ async def _gossip(bootstrap: list[str], victim_id: str, envelopes: list[bytes], 
         return None
 
     node = GossipNode(create_new_key_pair(bytes([9]) * 32), "/ip4/127.0.0.1/tcp/0", on_message=ignore,
-                      on_hello=ignore, bootstrap=bootstrap, announce=None)
+                      on_hello=ignore, bootstrap=bootstrap)
     async with trio.open_nursery() as nursery:
         await nursery.start(node.run)
         with trio.fail_after(60):

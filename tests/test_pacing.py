@@ -62,7 +62,7 @@ def _lineage(i: int) -> R.Record:
 @pytest.fixture
 def agent(tmp_path: Path):
     store = Store(tmp_path)
-    yield Agent(Identity.generate("me"), store, publish=None, fetch_blob=None)
+    yield Agent(Identity.generate("me"), store)
     store.close()
     faults.configure("")
 

@@ -169,7 +169,7 @@ def test_an_own_model_from_before_issue_14_still_finds_its_data(tmp_path) -> Non
 
     me = Identity.generate("me")
     with Store(tmp_path) as store:
-        agent = Agent(me, store, publish=None, fetch_blob=None)
+        agent = Agent(me, store)
         weights_digest = store.put_blob(weights(), kind="weights")
         data_digest = store.put_blob(data(), kind="data")
         predicate = {"model_id": "old", "version": 1, "parents": [], "relation": "root", "labels": list(range(10)),

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from record_support import d, lineage
+from record_support import CallPublisher, d, lineage
 
 from fiun_peer import records as R
 from fiun_peer.agent import Agent
@@ -19,7 +19,7 @@ ME, OTHER = Identity.from_seed(b"\x21" * 32, "me"), Identity.from_seed(b"\x22" *
 def agent(tmp_path: Path):
     """Ours: m0 (label 0, a root) and m2 (label 2, fine-tuned from m1); m1 (label 1) is OTHER's."""
     store = Store(tmp_path)
-    a = Agent(ME, store, publish=None, fetch_blob=None)
+    a = Agent(ME, store)
     for rec in (lineage(ME, "m0", [0]), lineage(OTHER, "m1", [1]), lineage(ME, "m2", [2], ("m1",))):
         assert a.ingest(rec.envelope, source="test")[2] == "accepted"
     for m in ("m0", "m2"):
@@ -43,7 +43,7 @@ def test_a_pass_with_no_request_leaves_the_lineage_view_unbuilt(tmp_path: Path) 
     # Every new model drops the view; a pass that rebuilt it for nothing made each of 64 arriving
     # lineage records cost a full rebuild (bench: reconcile CPU 11 ms -> 128 ms for 64 records).
     with Store(tmp_path) as store:
-        a = Agent(ME, store, publish=None, fetch_blob=None)
+        a = Agent(ME, store)
         for rec in (lineage(ME, "m0", [0]), lineage(OTHER, "m1", [1])):
             assert a.ingest(rec.envelope, source="test")[2] == "accepted"
             trio.run(a.reconcile)
@@ -79,7 +79,7 @@ def test_an_applied_request_is_settled_once_its_receipt_is_ours(agent: Agent, mo
 
     async def publish(envelope: bytes, push_to, gossip) -> None:
         sent.append(R.parse_record(envelope))
-    agent._publish = publish
+    agent.publisher = CallPublisher(publish)
     trio.run(agent.reconcile)
     assert [r.kind for r in sent] == ["lineage", "receipt"]   # the missing receipt goes out once
     reads = _state_reads(agent, monkeypatch)
@@ -103,7 +103,7 @@ def _m3_from_m1_v2(agent: Agent) -> list[R.Record]:
 
     async def publish(envelope: bytes, push_to, gossip) -> None:
         sent.append(R.parse_record(envelope))
-    agent._publish = publish
+    agent.publisher = CallPublisher(publish)
     return sent
 
 
@@ -157,7 +157,7 @@ def test_the_reason_of_an_aggregate_of_many_clean_parents_fits_a_receipt(agent: 
 
     async def publish(envelope: bytes, push_to, gossip) -> None:
         sent.append(R.parse_record(envelope))
-    agent._publish = publish
+    agent.publisher = CallPublisher(publish)
     trio.run(agent.reconcile)
     (spared,) = [r for r in sent if r.kind == "receipt" and r.predicate["model_id"] == "agg"]
     assert len(spared.predicate["reason"]) == R.MAX_REASON and spared.predicate["reason"].endswith("...")

@@ -36,8 +36,7 @@ def receipt(who: Identity, model: str, request: str = "r1", new: str = "new") ->
 @pytest.fixture
 def agent(tmp_path: Path) -> Agent:
     store = Store(tmp_path)
-    a = Agent(ME, store, publish=None, fetch_blob=None,
-              requesters=RequesterPolicy.of([DATA_SUBJECT.public_key_hex]))
+    a = Agent(ME, store, requesters=RequesterPolicy.of([DATA_SUBJECT.public_key_hex]))
     for rec in (lineage(ALICE, "g", [0, 1, 2, 3, 4]), lineage(BOB, "a", [5, 6, 7, 8, 9], ("g",))):
         assert a.ingest(rec.envelope, source="test")[0]
     yield a

@@ -23,10 +23,6 @@ from fiun_peer.unlearn import node_model_fisher
 ARCH = {"model": "mlp", "in_shape": [1, 8, 8], "num_classes": 10}
 
 
-async def _nowhere(envelope: bytes, push_to, gossip) -> None:
-    pass
-
-
 def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -38,7 +34,7 @@ def test_the_model_fisher_is_that_of_the_version_asked_for(tmp_path) -> None:
     x = torch.rand(len(y), 1, 8, 8)
     s = FIUnSettings()
     with Store(tmp_path) as store:
-        agent = Agent(Identity.generate("me"), store, publish=_nowhere, fetch_blob=None, defaults=s)
+        agent = Agent(Identity.generate("me"), store, defaults=s)
         v1, _, _ = trio.run(functools.partial(
             agent.publish_model, model_id="m", weights=to_bytes(model.state_dict()), data=to_bytes({"x": x, "y": y}),
             parents=[], labels=[], architecture=ARCH, head_tensors=[]))

@@ -55,7 +55,7 @@ def test_why_pending_says_offline_only_for_owners_not_heard_from(tmp_path) -> No
     me, other = Identity.generate("me"), Identity.generate("other")
     store = Store(tmp_path / "h")
     store.add_record(lineage(other, "m", [1]))
-    agent = Agent(me, store, publish=lambda *a: None, fetch_blob=lambda *a: b"")
+    agent = Agent(me, store)
     agent.peers[other.public_key_hex] = "10.0.0.9:50051"
     assert "not heard from since this peer started: offline or applying" in agent._owner_note("m", "applying")
     agent.ingest(lineage(other, "m2", [2]).envelope, source="push")      # it pushed us its own record
