@@ -34,8 +34,8 @@ from .address_book import AddressBook
 from .gossip import GossipError, GossipNode, check_size
 from .identity import Identity
 from .join import join_via
-from .peer_auth import PeerAuth
 from .rpc.channel import ChannelPool
+from .rpc.peer_auth import PeerAuth
 from .rpc.record_service import identify_peer, known_hellos
 from .store import Store
 
