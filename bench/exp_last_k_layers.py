@@ -7,7 +7,7 @@ For every graph (framework × model) the stage is trained once (``simulations.ce
 then for each label set and each k, Algorithm 1 runs over the unlearning sub-graph exactly as
 ``run_fiun`` does (model Fishers first, as at publish time; unlearning Fishers on the discovery
 nodes; merge with Eq. 5 and dampen with Eq. 6 on each node), except that the Fishers and the
-dampening cover the last k layers' parameters (``fiun_peer.core.last_k.last_k_fisher``, the torch.func
+dampening cover the last k layers' parameters (``simulations.last_k.last_k_fisher``, the torch.func
 path, for every k including k = 1). The project's own closed-form k = 1 (``fiun_peer.unlearn``, the
 functions ``run_fiun`` and every peer call) runs in the same loop as the reference: the two k = 1 rows
 agree up to float32 rounding. Times are this thread's CPU seconds (torch on one thread), median of
@@ -35,10 +35,10 @@ from torch import Tensor, nn
 from bench.bench_timing import write_json
 from fiun_peer.core.fisher import Fisher, find_head
 from fiun_peer.core.fiun import FIUnSettings, center_head, fiun_update, label_mask, merge_fishers
-from fiun_peer.core.last_k import last_k_fisher, last_k_parameter_names, parameter_layers
 from fiun_peer.models import build_model
 from fiun_peer.unlearn import apply_fiun, node_model_fisher, node_unlearning_fisher
 from simulations.centralized import SimConfig, Stage, evaluate, prepare
+from simulations.last_k import last_k_fisher, last_k_parameter_names, parameter_layers
 from simulations.report import RESULTS_MARKER, fmt, machine, quality, section_markers, write_section
 from simulations.training import own_data
 
@@ -225,7 +225,7 @@ def render_section(result: dict, png: str) -> str:
              "All k use the same settings: " + ", ".join(
                  f"`{n}` = {SETTINGS[n].to_dict()}" for n in result["settings_names"]) + ". "
              "Centring applies to the head only (it is a softmax gauge). Rows `torch_func` compute every k with "
-             "`fiun_peer.core.last_k.last_k_fisher`; the `closed form` row is the project's own k = 1 "
+             "`simulations.last_k.last_k_fisher`; the `closed form` row is the project's own k = 1 "
              "(`fiun_peer.unlearn`, what `run_fiun` and every peer run), for reference. AD_r / AD_f: mean "
              "accuracy (%) over the sub-graph's nodes on their training data (retained / forgotten labels). "
              "Time: CPU seconds of the benchmarking thread (torch on one thread; wall time on this shared "

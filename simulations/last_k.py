@@ -4,9 +4,10 @@ which FIUn itself does not use (it keeps k = 1, the Linear head, in closed form)
 A *layer* here is a module that holds parameters itself (``recurse=False``), in registration order,
 which for ``nn.Sequential`` and the zoo models is the forward order. The Fisher is computed by
 ``torch.func`` over the whole model with only the last k layers' parameters differentiated, so any
-architecture works. Scaling follows ``fisher.fisher_from_features``: with a temperature T the
+architecture works. Scaling follows ``fiun_peer.core.fisher.fisher_from_features``: with a temperature T the
 per-sample gradients are those of ln softmax(z / T), multiplied by T (the chain rule's 1/T undone),
 so for k = 1 on a Linear head this equals the closed form at every T. Pure functions: no I/O.
+An experiment's (bench/exp_last_k_layers.py), not the product's: no peer runs it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from .fisher import Fisher, _check_estimator
+from fiun_peer.core.fisher import Fisher, _check_estimator
 
 
 def parameter_layers(model: nn.Module) -> list[str]:

@@ -1,4 +1,4 @@
-"""Fisher over the last k layers (core/last_k.py, the paper's Fig. 9 variant): layer lookup, k = 1
+"""Fisher over the last k layers (simulations/last_k.py, the paper's Fig. 9 variant): layer lookup, k = 1
 equals the closed form at any temperature, k > 1 equals a naive per-sample autograd loop, and the
 model is left exactly as it was."""
 
@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from fiun_peer.core.fisher import ESTIMATORS, fisher_from_features, head_features
-from fiun_peer.core.last_k import last_k_fisher, last_k_parameter_names, parameter_layers
 from fiun_peer.models import build_model
+from simulations.last_k import last_k_fisher, last_k_parameter_names, parameter_layers
 
 DT = torch.float64
 
