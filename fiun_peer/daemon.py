@@ -29,7 +29,6 @@ from typing import Any
 
 import torch
 import trio
-from grpc_health.v1 import health
 
 from .address_book import AddressBook
 from .agent import Agent
@@ -50,7 +49,7 @@ from .rpc.channel import ChannelPool
 from .rpc.fisher_service import FisherServicer
 from .rpc.peer_auth import AllowList, PeerAuth
 from .rpc.record_service import RecordServicer
-from .rpc.server import admin_elsewhere_handler, make_server, set_serving
+from .rpc.server import admin_elsewhere_handler, make_server, new_health, set_serving
 from .store import Store, write_atomic
 
 log = logging.getLogger("fiun_peer.daemon")
@@ -163,7 +162,7 @@ class _Peer:
                            book=self.book, requesters=security.requesters)
         self.anti_entropy = AntiEntropy(store, self.agent, self.book, self.channels, sync_interval,
                                         hello=self.membership.own_blob, exchange=self.membership.exchange_peers)
-        self.health = health.HealthServicer()  # make_server leaves it NOT_SERVING until we are ready
+        self.health = new_health()  # make_server leaves it NOT_SERVING until we are ready
         self.metrics = PeerMetrics(store, identity.name, gossip=GossipView(self._gossip_sample),
                                    known_peers=self.book.__len__)
         self.agent.on_applied = self.metrics.observe_apply

@@ -112,6 +112,12 @@ def service_names() -> list[str]:
     return [name for _, _, name in _SERVICES]
 
 
+def new_health() -> health.HealthServicer:
+    """A health servicer for ``make_server``: one may answer on several servers (the daemon's peer and
+    admin listeners share one), NOT_SERVING until ``set_serving``."""
+    return health.HealthServicer()
+
+
 def set_serving(health_servicer: health.HealthServicer, serving: bool, names: list[str] | None = None) -> None:
     """Mark the whole server ("") and each named service (default: every fiun.v1 service) SERVING or
     NOT_SERVING in gRPC health."""
