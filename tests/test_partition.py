@@ -10,12 +10,12 @@ from collections import Counter
 
 import grpc
 import pytest
+from netns_support import LabCluster, netlab, unavailable_reason
 
 from fiun_peer.records import parse_record
 from fiun_peer.rpc.generated.fiun.v1 import admin_pb2
 from fiun_peer.rpc.record_service import sync_records
 from simulations.centralized import SimConfig, prepare
-from simulations.netns import LabCluster, netlab, unavailable_reason
 from simulations.network import publish_stage
 from simulations.peers import Peer
 

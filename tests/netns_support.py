@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .peers import Peer, PeerCluster
+from simulations.peers import Peer, PeerCluster
 
 _PREFIX = "fiun"
 _NS = re.compile(rf"{_PREFIX}-(\d+)-([0-9a-f]{{5}})-(\w+)")
