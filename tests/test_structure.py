@@ -5,7 +5,8 @@
 - bench/ and tests/ never edit ``sys.path`` (bench is a package; pytest's pythonpath is the root);
 - every module of fiun_peer/ is reachable from the product's entry points (no experiment-only code);
 - docs/architecture.md names every module of fiun_peer/ and every module it names exists;
-- code comments cite docs/architecture.md, never a design file outside the repository.
+- code comments cite docs/architecture.md, never a design file outside the repository;
+- nothing imports upward: core/ imports nothing of the peer, the agent's parts nothing of the network side.
 """
 
 from __future__ import annotations
@@ -132,3 +133,20 @@ def test_comments_cite_the_repository_not_an_outside_design_file():
                  for p in (ROOT / folder).rglob("*.py")
                  if p.name != Path(__file__).name and "DESIGN.md" in p.read_text()]
     assert not offenders, offenders
+
+
+AGENT_PARTS = ("agent", "ledger", "reconcile", "publication", "own_models", "progress", "errors", "state")
+NETWORK_SIDE = ("fiun_peer.rpc", "fiun_peer.gossip", "fiun_peer.membership", "fiun_peer.delivery",
+                "fiun_peer.anti_entropy", "fiun_peer.daemon", "fiun_peer.join")
+
+
+def test_nothing_imports_upward():
+    """core/ knows nothing of the peer; the agent's parts reach the network only through seams.py."""
+    modules, wrong = product_modules(), []
+    for name, path in modules.items():
+        imports = {i for i in _imports(path, name) if i.startswith("fiun_peer")}
+        if name.startswith("fiun_peer.core"):
+            wrong += [f"{name} imports {i}" for i in sorted(imports) if not i.startswith("fiun_peer.core")]
+        if name.rpartition(".")[2] in AGENT_PARTS and name.count(".") == 1:
+            wrong += [f"{name} imports {i}" for i in sorted(imports) if i.startswith(NETWORK_SIDE)]
+    assert not wrong, "\n".join(wrong)
