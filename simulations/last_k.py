@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from fiun_peer.core.fisher import Fisher, _check_estimator
+from fiun_peer.core.fisher import Fisher, check_estimator
 
 
 def parameter_layers(model: nn.Module) -> list[str]:
@@ -44,7 +44,7 @@ def last_k_fisher(model: nn.Module, inputs: Tensor, labels: Tensor, k: int, *, e
     on (inputs, labels), keyed by full parameter name. The model runs in eval mode (each module's
     mode is restored) and is not modified. ``chunk`` bounds how many per-sample gradients are held
     at once."""
-    _check_estimator(estimator)
+    check_estimator(estimator)
     if not temperature > 0:
         raise ValueError("temperature must be > 0")
     if batch_size < 1 or chunk < 1:

@@ -27,7 +27,7 @@ ESTIMATORS = ("empirical", "batch", "exact")
 Fisher = dict[str, Tensor]
 
 
-def _check_estimator(estimator: str) -> None:
+def check_estimator(estimator: str) -> None:
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r}; expected one of {', '.join(ESTIMATORS)}")
 
@@ -63,7 +63,7 @@ def fisher_from_features(
     """
     if not temperature > 0:
         raise ValueError("temperature must be > 0")
-    _check_estimator(estimator)
+    check_estimator(estimator)
     if features.ndim != 2 or head_weight.ndim != 2 or features.shape[1] != head_weight.shape[1]:
         raise ValueError(f"features {tuple(features.shape)} do not fit head weight {tuple(head_weight.shape)}")
     n = features.shape[0]
@@ -230,7 +230,7 @@ def per_sample_fisher(
 
     Serves heads that are not a plain Linear; keys are the head's parameter names.
     """
-    _check_estimator(estimator)
+    check_estimator(estimator)
     params = {k: v.detach() for k, v in head.named_parameters()}
     labels = torch.as_tensor(labels).long()
 
@@ -277,7 +277,7 @@ def last_layer_fisher(
 ) -> Fisher:
     """Diagonal Fisher of the model's last layer on (inputs, labels): Eq. 3 on forget data, Eq. 4 on
     the model's own training data. Closed form for a Linear head, ``torch.func`` otherwise."""
-    _check_estimator(estimator)
+    check_estimator(estimator)
     _, head_module = _resolve_head(model, head)
     feats = head_features(model, inputs, head_module)
     if isinstance(head_module, nn.Linear):
