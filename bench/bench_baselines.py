@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from bench import int_list
 from bench.bench_timing import median, simulation_clock, write_cases
 from fiun_peer.core.fiun import FIUnSettings
 from simulations.baselines import BASELINES
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=0, help="data, topology and training seed")
     ap.add_argument("--graphs", default=DEFAULT_GRAPHS, help="framework:model pairs")
-    ap.add_argument("--forget", default="2", help="comma-separated forget labels")
+    ap.add_argument("--forget", default="2", type=int_list, help="comma-separated forget labels")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--clock", default="thread_cpu", choices=["thread_cpu", "wall"],
                     help="what the simulation's own timers read (default: this thread's CPU time)")
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     graphs = ["fl:mlp"] if a.quick else a.graphs.split(",")
     rounds = 1 if a.quick else a.rounds
-    forget = tuple(int(c) for c in a.forget.split(","))
+    forget = a.forget
     cases = []
     print(f"{'graph':10s} {'FIUn s':>8s} | " + " ".join(f"{m + ' ×':>17s}" for m in METHODS))
     for g in graphs:

@@ -27,6 +27,7 @@ import sys
 import torch
 from torch import Tensor, nn
 
+from bench import int_list
 from bench.bench_timing import interleaved, paired_ratio, summary, write_cases
 from fiun_peer.core.fisher import Fisher, fisher_from_features, head_features, per_sample_fisher
 from fiun_peer.core.fiun import FIUnSettings
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=0, help="data split and model initialisation seed")
     ap.add_argument("--models", default="mlp,cnn")
-    ap.add_argument("--sizes", default="256,1024,4096", help="comma-separated N")
+    ap.add_argument("--sizes", default="256,1024,4096", type=int_list, help="comma-separated N")
     ap.add_argument("--rounds", type=int, default=15, help="interleaved rounds per case")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the simulations use 1)")
     ap.add_argument("--quick", action="store_true", help="N=256 only, 3 rounds")
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
-    sizes = [256] if a.quick else [int(s) for s in a.sizes.split(",")]
+    sizes = [256] if a.quick else list(a.sizes)
     rounds = 3 if a.quick else a.rounds
     cases = []
     print(f"{'model':5s} {'N':>5s} | {'fwd+F/fwd':>9s} {'hf/fwd':>7s} {'F/fwd':>6s} | "

@@ -22,6 +22,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from bench import int_list
 from bench.bench_timing import interleaved, median, paired_ratio, summary, write_cases
 from fiun_peer.identity import Identity
 from fiun_peer.records import build_announcement
@@ -105,12 +106,12 @@ def bench_size(size: int, *, seed: int, rounds: int, home: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=0, help="seed of the random blob bytes")
-    ap.add_argument("--sizes-mb", default="1,8,64", help="comma-separated blob sizes in MiB")
+    ap.add_argument("--sizes-mb", default="1,8,64", type=int_list, help="comma-separated blob sizes in MiB")
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--quick", action="store_true", help="1 MiB and 8 MiB, 3 rounds")
     ap.add_argument("--json", metavar="PATH", help="write the results here")
     a = ap.parse_args(argv)
-    sizes = [1, 8] if a.quick else [int(s) for s in a.sizes_mb.split(",")]
+    sizes = [1, 8] if a.quick else list(a.sizes_mb)
     rounds = 3 if a.quick else a.rounds
     cases = []
     print(f"{'MiB':>4s} | {'gRPC MiB/s':>10s} {'socket MiB/s':>12s} {'sock+sha MiB/s':>14s} | "

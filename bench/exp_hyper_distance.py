@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench import int_list
 from fiun_peer.core.fiun import FIUnSettings
 from fiun_peer.tensors import to_bytes
 from simulations import observe as nx
@@ -350,8 +351,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(DEFAULT_OUT))
-    ap.add_argument("--depths", default="2,4,8,16")
-    ap.add_argument("--shapes", default="chain,tree,broom")
+    ap.add_argument("--depths", default="2,4,8,16", type=int_list)
+    ap.add_argument("--shapes", default="chain,tree,broom",
+                    help=f"comma-separated, any of {', '.join(SHAPES)} (default: all)")
     ap.add_argument("--reps", type=int, default=3, choices=[1, 2, 3])
     ap.add_argument("--connect", default="star", choices=["star", "random"],
                     help="libp2p bootstrap: star (the harness default: all to the first peer) or random "
@@ -364,6 +366,9 @@ def main(argv: list[str] | None = None) -> int:
                          "the section, marked partial; --seed/--out must match the stopped run's")
     raw = list(sys.argv[1:] if argv is None else argv)
     args = ap.parse_args(raw)
+    unknown = [x for x in args.shapes.split(",") if x not in SHAPES]
+    if unknown:
+        ap.error(f"unknown shape {unknown[0]!r}; expected any of {', '.join(SHAPES)}")
     if args.md_only:
         print(f"wrote {write_md()}")
         return 0
@@ -379,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_suffix(".partial.json")
-    result = run_hyper_distance(depths=tuple(int(d) for d in args.depths.split(",")),
+    result = run_hyper_distance(depths=args.depths,
                                 shapes=tuple(args.shapes.split(",")), reps=args.reps, seed=args.seed,
                                 connect=args.connect,
                                 on_cell=lambda r: partial.write_text(json.dumps(json_ready(r), indent=1)))

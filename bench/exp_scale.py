@@ -22,6 +22,7 @@ from pathlib import Path
 
 import psutil
 
+from bench import int_list
 from simulations import observe as nx
 from simulations.centralized import SimConfig, prepare
 from simulations.network import publish_stage
@@ -225,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="results/scale.json")
-    ap.add_argument("--sizes", default="8,16,32,64")
+    ap.add_argument("--sizes", default="8,16,32,64", type=int_list)
     ap.add_argument("--reps", type=int, default=3, choices=[1, 2, 3])
     ap.add_argument("--connect", default="star", choices=["star", "random"],
                     help="libp2p bootstrap: star (all to the first peer) or random (first + 3 random others)")
@@ -250,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {out}, {result['png']}")
         return 0
     partial = out.with_suffix(".partial.json")
-    result = run_scale(sizes=tuple(int(n) for n in args.sizes.split(",")), reps=args.reps, seed=args.seed,
+    result = run_scale(sizes=args.sizes, reps=args.reps, seed=args.seed,
                        connect=args.connect,
                        on_cell=lambda r: partial.write_text(json.dumps(json_ready(r), indent=1)))
     partial.unlink(missing_ok=True)
