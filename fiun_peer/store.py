@@ -24,6 +24,7 @@ from typing import Any, BinaryIO
 from fiun_peer import faults
 from fiun_peer.files import TMP_SUFFIX, write_atomic
 from fiun_peer.records import Record, RecordError, is_digest, parse_record, record_id_of
+from fiun_peer.state import MODEL, MODEL_FISHERS
 
 DB_FILE = "store.sqlite"
 BLOB_DIR = "blobs"
@@ -247,11 +248,11 @@ class Store:
                 name(p["model_digest"], "weights")
         for key, text in self._db.execute("SELECT key, value FROM state").fetchall():
             value = json.loads(text)
-            if key.startswith("model:"):
+            if key.startswith(MODEL):
                 for field in ("digest", "original"):
                     name(value.get(field), "weights")
                 name(value.get("data"), "data")
-            elif key.startswith("mf:"):
+            elif key.startswith(MODEL_FISHERS):
                 for digest in value.values():
                     name(digest, "model_fisher")
         held = [path.name for path in self.blob_root.glob("??/*") if is_digest(path.name)]
