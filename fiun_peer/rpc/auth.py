@@ -32,6 +32,8 @@ from typing import Any
 
 import grpc
 
+from ..home import HomeError, write_new_secret
+
 TOKEN_FILE = "admin.token"
 ADMIN_SERVICE = "/fiun.v1.AdminService/"
 DEFAULT_ADMIN_CN = "fiun-admin"
@@ -66,15 +68,9 @@ def create_token(home: Path) -> str:
     path = Path(home) / TOKEN_FILE
     token = secrets.token_urlsafe(32)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise AuthError(f"{path} already exists; refusing to overwrite an admin token") from None
-    try:
-        os.fchmod(fd, 0o600)  # in case a umask or default ACL left more bits
-        os.write(fd, (token + "\n").encode("ascii"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        write_new_secret(path, (token + "\n").encode("ascii"), what="admin token")
+    except HomeError as exc:
+        raise AuthError(str(exc)) from None
     return token
 
 
