@@ -264,9 +264,10 @@ def cifar_section(d: dict) -> list[str]:
     out += [f"Re-training estimate {d['retrain_estimate_s']:,.0f} s (the measured one-epoch re-training of the "
             f"sub-graph took {d['retrain_one_epoch_total_s']:,.0f} s). FIUn in one process "
             f"{_x(d['fiun_in_process_s'], 3)} s: **{d['speedup_in_process']:,.0f}×**{net}. The paper reports "
-            f"about {d['paper_speedup']}× on its CIFAR-100 workloads. (A run of the same command before owners "
-            "kept their loaded models between steps, when a peer loaded ResNet-18 twice per request and built "
-            "it with a random initialisation each time, took 4.88 s on the peers: 882×.) "
+            f"about {d['paper_speedup']}× on its CIFAR-100 workloads. (The same command before owners kept their "
+            "loaded models between steps, when a peer loaded ResNet-18 twice per request and built it with a "
+            "random initialisation each time, took 4.88 s on the peers: 882×; its result file is "
+            "results/bench_cifar_speedup.json as of commit cfeea6f.) "
             "The models here had one epoch of training, "
             "so their accuracies are low; FIUn's cost does not depend on the weights, and the quality on "
             "trained models of every format is in RESULTS.md (*Models in their own formats*).", ""]

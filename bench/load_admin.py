@@ -27,7 +27,6 @@ import torch
 
 from fiun_peer.models import build_model
 from fiun_peer.rpc.admin_client import AdminClient, RpcFailure
-from fiun_peer.rpc.auth import TOKEN_FILE, load_token
 from fiun_peer.tensors import to_bytes
 from simulations.peers import PeerCluster
 
@@ -68,7 +67,6 @@ def run_load(root: Path, *, calls: int = 2000, clients: int = 8, requests: int =
         alice, bob = cluster.peers
         _publish_tiny_model(alice)
         cluster.wait_lineage(bob, 1)
-        token = load_token(alice.home / TOKEN_FILE)
         latencies: dict[str, list[float]] = defaultdict(list)
         errors: list[str] = []
         made: list[str] = []
@@ -76,7 +74,7 @@ def run_load(root: Path, *, calls: int = 2000, clients: int = 8, requests: int =
         chunks = [plan[i::clients] for i in range(clients)]
 
         def client(index: int, methods: list[str]) -> None:
-            with AdminClient(alice.admin_address, token=token, timeout=60) as admin:  # one channel per client
+            with AdminClient.for_home(alice.home, alice.admin_address, timeout=60) as admin:  # a channel each
                 reads = {"Status": admin.status, "ListLineage": admin.list_lineage, "ListReceipts": admin.list_receipts}
                 for n, method in enumerate(methods):
                     rid = f"load-{index}-{n}"

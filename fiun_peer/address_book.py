@@ -27,9 +27,6 @@ class AddressBook:
         self.heard: dict[str, float] = {}
         self.lost: dict[str, float] = {}  # public key hex -> when a call to it last failed
 
-    def __len__(self) -> int:
-        return len(self.peers)
-
     def learn(self, key: str, address: str) -> bool:
         """Note that the peer with public key ``key`` answers at gRPC ``address``. False (nothing
         noted) for our own key."""
@@ -37,9 +34,6 @@ class AddressBook:
             return False
         self.peers[key] = address
         return True
-
-    def address_of(self, key: str) -> str | None:
-        return self.peers.get(key)
 
     def addresses(self) -> list[str]:
         """Every known gRPC address, sorted, each once."""

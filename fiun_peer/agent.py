@@ -57,10 +57,9 @@ class Agent:
         # records out (see publish_record), Fisher blobs in (digest verified).
         self.publisher: Publisher = publisher if publisher is not None else NoNetwork()
         self.fetcher: BlobFetcher = fetcher if fetcher is not None else NoNetwork()
-        # The known peers and when each was last heard from: the daemon's, shared with membership
-        # (an empty book is falsy, hence "is not None").
+        # The known peers and when each was last heard from: the daemon's, shared with membership.
         self.book = book if book is not None else AddressBook(identity.public_key_hex)
-        self.ledger = Ledger(identity, store, requesters or RequesterPolicy(), heard=self._heard_from,
+        self.ledger = Ledger(identity, store, requesters or RequesterPolicy(), heard=self.book.heard_from,
                              stored=self.kick)
         self.models = OwnModels(self.ledger)
         self.publication = ModelPublisher(identity, self.ledger, self.models, defaults or FIUnSettings(),
@@ -81,9 +80,6 @@ class Agent:
     def ingest_many(self, envelopes: list[bytes], *, source: str) -> int:
         """Ingest a Sync reply in one store transaction; returns how many records were new."""
         return self.ledger.ingest_many(envelopes, source=source)
-
-    def _heard_from(self, key: str) -> None:
-        self.book.heard_from(key)
 
     # -- the reconcile loop (fiun_peer.reconcile) ---------------------------------------------
     def kick(self) -> None:
@@ -131,10 +127,10 @@ class Agent:
         a later model version to no one, and anti-entropy sync spreads all of them to everyone."""
         if rec.kind == "announcement":
             heirs = {self.view.owner(d) for d in self.view.umig.descendants(rec.predicate["model_id"])}
-            return sorted({self.peers[k] for k in heirs if k in self.peers}), False
+            return self.book.addresses_of(heirs), False
         if rec.kind == "receipt":
             request = self.ledger.request(rec.predicate["request_id"])
-            addr = self.peers.get(request.signer) if request is not None else None
+            addr = self.book.peers.get(request.signer) if request is not None else None
             return ([addr] if addr else []), False
         if rec.kind == "lineage":
             return (None if rec.predicate["version"] == 1 else []), False
@@ -144,8 +140,9 @@ class Agent:
         """The bytes of an announced Fisher from any peer that has it, its announcer first (the fetch
         verifies the digest); None and why when none gave them."""
         digest = ann.predicate["fisher_digest"]
-        targets = [self.peers[ann.signer]] if ann.signer in self.peers else []
-        targets += [t for k, t in sorted(self.peers.items()) if k != ann.signer]
+        peers = self.book.peers
+        targets = [peers[ann.signer]] if ann.signer in peers else []
+        targets += [t for k, t in sorted(peers.items()) if k != ann.signer]
         if not targets:
             return None, f"no known peer to fetch Fisher {digest[:12]} of {ann.predicate['model_id']} from"
         errors = []
@@ -238,22 +235,7 @@ class Agent:
         """Add one to the persistent counter ``name`` (e.g. an admin call's outcome)."""
         self.store.incr(name)
 
-    # -- peers --------------------------------------------------------------------------------
-    # The address book (fiun_peer.address_book) holds them; these views keep the agent's own code
-    # and its callers as they were.
-    @property
-    def peers(self) -> dict[str, str]:
-        """Public key hex -> gRPC address of every known peer."""
-        return self.book.peers
-
-    @property
-    def heard(self) -> dict[str, float]:
-        return self.book.heard
-
-    @property
-    def lost(self) -> dict[str, float]:
-        return self.book.lost
-
+    # -- peers (the address book, fiun_peer.address_book, holds them) -------------------------
     def _owner_note(self, m: str, doing: str) -> str:
         """Who must act for model ``m`` and what this peer knows of them, for "why pending" texts:
         "offline" only for an owner this peer has not heard from directly for a while."""
@@ -268,10 +250,6 @@ class Agent:
         receipts now rather than at the next anti-entropy round."""
         keys = {self.view.owner(p.model_id) for p in progress if p.state not in ("applied", "not_affected")}
         return self.book.addresses_of(k for k in keys if k)
-
-    def contacted(self, address: str, *, answered: bool) -> None:
-        """A call to the peer at gRPC ``address`` (e.g. a sync) answered, or failed."""
-        self.book.contacted(address, answered=answered)
 
     def _waiting_for(self, missing: list[str]) -> str:
         notes = ", ".join(f"{d} ({self._owner_note(d, 'still computing')})" for d in missing)

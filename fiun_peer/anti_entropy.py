@@ -58,7 +58,7 @@ class AntiEntropy:
         self._store, self._ledger, self._book, self._channels = store, ledger, book, channels
         self._hello, self._exchange = hello, exchange
         self.pacer = SyncPacer(sync_interval, SYNC_BACKOFF)
-        self.syncing: set[str] = set()        # gRPC addresses a round is still syncing with
+        self.syncing: set[str] = set()        # gRPC addresses a Sync call is still running with
         self._caught_up: dict[str, float] = {}  # gRPC address -> when catch_up_soon last synced it
         self._slots = trio.CapacityLimiter(SYNC_PARALLEL)
         self._nursery: trio.Nursery | None = None
@@ -68,7 +68,18 @@ class AntiEntropy:
         self._nursery = nursery
 
     async def sync_with(self, target: str) -> int:
-        """One Sync call; returns how many records it stored."""
+        """One Sync call, unless one with ``target`` is still running (a round's, a catch-up's: an
+        unreachable peer's calls hang until they time out, and must not pile up on the call slots);
+        returns how many records it stored."""
+        if target in self.syncing:
+            return 0
+        self.syncing.add(target)
+        try:
+            return await self._call(target)
+        finally:
+            self.syncing.discard(target)
+
+    async def _call(self, target: str) -> int:
         try:
             envelopes = await trio.to_thread.run_sync(functools.partial(
                 sync_records, self._channels.get(target), self._store.record_ids(), hello=self._hello()),
@@ -89,15 +100,6 @@ class AntiEntropy:
                 self._caught_up[target] = now
                 self._nursery.start_soon(self.sync_with, target)
 
-    async def _sync_once(self, target: str) -> int:
-        if target in self.syncing:  # still waiting on an unreachable peer from an earlier round
-            return 0
-        self.syncing.add(target)
-        try:
-            return await self.sync_with(target)
-        finally:
-            self.syncing.discard(target)
-
     async def _round(self, targets: list[str]) -> None:
         # One after another: each call names what the previous ones brought, so a burst of new
         # records (a request makes three per affected model) comes once per round, not once per
@@ -105,7 +107,7 @@ class AntiEntropy:
         # 2 cores that redundant traffic kept the machine saturated for minutes.
         stored = 0
         for target in targets:
-            stored += await self._sync_once(target)
+            stored += await self.sync_with(target)
         self.pacer.round_done(stored)
 
     async def run(self) -> None:

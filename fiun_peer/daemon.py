@@ -164,7 +164,7 @@ class _Peer:
                                         hello=self.membership.own_blob, exchange=self.membership.exchange_peers)
         self.health = new_health()  # make_server leaves it NOT_SERVING until we are ready
         self.metrics = PeerMetrics(store, identity.name, gossip=GossipView(self._gossip_sample),
-                                   known_peers=self.book.__len__)
+                                   known_peers=lambda: len(self.book.peers))
         self.agent.on_applied = self.metrics.observe_apply
         self.grpc_address = self.admin_address = ""
 

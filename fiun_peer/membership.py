@@ -130,7 +130,6 @@ class HelloGossip:
         self._announce: bytes | None = None
         self.announce = announce
         self.min_gap = min_gap  # seconds between two of our hellos: a burst of changes costs one
-        self.stats = {"received": 0, "malformed": 0}
 
     @property
     def announce(self) -> bytes | None:
@@ -144,15 +143,9 @@ class HelloGossip:
         self._announce = blob
         self._changed.set()
 
-    def known(self) -> dict[str, bytes]:
-        """Latest hello per peer id heard on the topic (not including our own)."""
-        return dict(self._hellos)
-
     async def received(self, frame: bytes, sender: str) -> None:
-        self.stats["received"] += 1
         head = len(HELLO_MAGIC) + BOOT_ID_LEN
         if not frame.startswith(HELLO_MAGIC) or len(frame) < head:
-            self.stats["malformed"] += 1
             return
         boot, blob = frame[len(HELLO_MAGIC):head], frame[head:]
         if self._boots.get(sender) == boot and self._hellos.get(sender) == blob:

@@ -182,9 +182,9 @@ def wait_lineage(peer: Peer, count: int, *, timeout: float) -> None:
     peers.wait_lineage(peer, count, timeout=timeout, client=patient(peer))
 
 
-def wait_all_done(group: list[Peer], request_id: str, *, timeout: float, first: Peer | None = None) -> dict:
+def wait_all_done(group: list[Peer], request_id: str, *, timeout: float) -> dict:
     """simulations.peers.wait_done with transient retries: peer name -> its GetRequestReply."""
-    return peers.wait_done(group, request_id, timeout=timeout, first=first, clients=patient)
+    return peers.wait_done(group, request_id, timeout=timeout, clients=patient)
 
 
 def cpu_seconds(pids: list[int]) -> float:

@@ -263,30 +263,27 @@ def wait_lineage(peer: Peer, count: int, *, timeout: float, client: AdminClient 
          interval=0.2, what=f"{peer.name} knows fewer than {count} models", check=check)
 
 
-def wait_done(peers: list[Peer], request_id: str, *, timeout: float, first: Peer | None = None,
+def wait_done(peers: list[Peer], request_id: str, *, timeout: float,
               clients: Callable[[Peer], AdminClient] | None = None, on_progress: Callable[[Any], None] | None = None,
               check: Callable[[], None] | None = None, interval: float = 0.2,
               call_timeout: float | None = None) -> dict[str, Any]:
     """Poll until every peer reports the request done (every affected model has a receipt there):
-    peer name -> its GetRequestReply. With ``first``, only that peer is polled until it is done, so
-    polling N peers does not load them while they work. A peer that has not heard of the request yet
-    counts as not done; ``clients(peer)`` picks the client (default: the peer's own)."""
+    peer name -> its GetRequestReply. A peer that has not heard of the request yet counts as not
+    done; ``clients(peer)`` picks the client (default: the peer's own)."""
     done: dict[str, Any] = {}
-    order = ([first] if first else []) + [p for p in peers if p is not first]
 
-    def probe(group: list[Peer]) -> bool | None:
-        for p in group:
+    def probe() -> bool | None:
+        for p in peers:
             if p.name not in done:
                 reply = (clients(p) if clients else p.client).find_request(request_id, timeout=call_timeout)
                 if reply is not None and on_progress:
                     on_progress(reply)
                 if reply is not None and reply.done:
                     done[p.name] = reply
-        return True if all(p.name in done for p in group) else None
+        return True if len(done) == len({p.name for p in peers}) else None
 
-    for group in ([order[:1], order] if first else [order]):
-        poll(lambda g=group: probe(g), timeout=timeout, interval=interval, check=check,
-             what=lambda g=group: f"request {request_id} not done on {[p.name for p in g if p.name not in done]}")
+    poll(probe, timeout=timeout, interval=interval, check=check,
+         what=lambda: f"request {request_id} not done on {[p.name for p in peers if p.name not in done]}")
     return done
 
 

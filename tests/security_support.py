@@ -88,10 +88,6 @@ class CA:
 # -- an in-process peer ------------------------------------------------------------------------------
 
 
-async def _no_publish(data: bytes, push_to: list[str] | None = None, gossip: bool = True) -> None:
-    return None
-
-
 class _Network:
     """The agent's network seam (fiun_peer.seams) for a host without one: published records are
     kept in a list, fetches go to the given function."""

@@ -295,3 +295,18 @@ def test_bad_publish_in_another_format_is_refused_and_leaves_nothing(host, stub,
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (case, info.value.code(), info.value.details())
     assert reason in info.value.details(), (case, info.value.details())
     assert snapshot(host) == before, case
+
+
+def test_a_damaged_version_is_reported_as_data_loss_not_handed_out(host, stub) -> None:
+    """ExportModel checks the artifact against its digest: bytes changed on disk (a bad sector, a
+    hand edit) come back as DATA_LOSS with the version named, never as weights or as INTERNAL."""
+    digest = stub.PublishModel(request(model_id="damaged"), timeout=60).model_digest
+    assert stub.ExportModel(admin_pb2.ExportModelRequest(model_id="damaged"), timeout=60).model_digest == digest
+    path = host.store.blob_root / digest[:2] / digest
+    blob = bytearray(path.read_bytes())
+    blob[-1] ^= 0xFF
+    path.write_bytes(bytes(blob))
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ExportModel(admin_pb2.ExportModelRequest(model_id="damaged"), timeout=60)
+    assert info.value.code() == grpc.StatusCode.DATA_LOSS, info.value.details()
+    assert f"version 1 of damaged ({digest[:12]}) is damaged" in info.value.details()

@@ -106,7 +106,7 @@ def network(tmp_path: Path):
         host.acall(host.agent.publish_model, model_id="a", weights=to_bytes(model.state_dict()), data=data,
                    parents=[ParentRef("g", "finetune")], labels=[], architecture=ARCH, head_tensors=[])
         # Alice (the announcer) is reached at p1 first, another peer at p2.
-        host.call(host.agent.peers.update, {ALICE.public_key_hex: providers[0].target, "b" * 64: providers[1].target})
+        host.call(host.agent.book.peers.update, {ALICE.public_key_hex: providers[0].target, "b" * 64: providers[1].target})
         yield host, providers
     for p in providers:
         p.close()

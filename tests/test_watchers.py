@@ -56,19 +56,19 @@ def test_why_pending_says_offline_only_for_owners_not_heard_from(tmp_path) -> No
     store = Store(tmp_path / "h")
     store.add_record(lineage(other, "m", [1]))
     agent = Agent(me, store)
-    agent.peers[other.public_key_hex] = "10.0.0.9:50051"
+    agent.book.peers[other.public_key_hex] = "10.0.0.9:50051"
     assert "not heard from since this peer started: offline or applying" in agent._owner_note("m", "applying")
     agent.ingest(lineage(other, "m2", [2]).envelope, source="push")      # it pushed us its own record
     note = agent._owner_note("m", "applying")
     assert "at 10.0.0.9:50051, heard from 0s ago: applying" in note and "offline" not in note
-    agent.contacted("10.0.0.9:50051", answered=False)                       # then a call to it failed
+    agent.book.contacted("10.0.0.9:50051", answered=False)                       # then a call to it failed
     assert "unreachable 0s ago: offline or applying" in agent._owner_note("m", "applying")
-    agent.contacted("10.0.0.9:50051", answered=True)
+    agent.book.contacted("10.0.0.9:50051", answered=True)
     assert "offline" not in agent._owner_note("m", "applying")
     waiting = [Progress("m", False, "pending"), Progress("m2", False, "applied")]
     assert agent.awaited_peers(waiting) == ["10.0.0.9:50051"]
     assert agent.awaited_peers([Progress("m", False, "applied")]) == []
-    agent.heard[other.public_key_hex] = time.time() - 3600            # silent for an hour
-    agent.lost.clear()
+    agent.book.heard[other.public_key_hex] = time.time() - 3600            # silent for an hour
+    agent.book.lost.clear()
     assert "not heard from for 3600s: offline or applying" in agent._owner_note("m", "applying")
     store.close()

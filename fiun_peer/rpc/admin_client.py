@@ -69,9 +69,9 @@ class AdminClient:
     @classmethod
     def for_home(cls, home: Path, target: str, **kwargs: Any) -> AdminClient:
         """A client carrying the token in ``home``'s admin.token (a peer's own credential)."""
-        from .auth import TOKEN_FILE, load_token
+        from .auth import resolve_token
 
-        return cls(target, token=load_token(Path(home) / TOKEN_FILE), **kwargs)
+        return cls(target, token=resolve_token(home=Path(home)), **kwargs)
 
     def with_policy(self, *, timeout: float | None = None, patience: float | None = None) -> AdminClient:
         """The same channel with another deadline and/or retry patience (closing it closes nothing)."""

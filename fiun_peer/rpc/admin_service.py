@@ -27,7 +27,13 @@ from .generated.fiun.v1 import admin_pb2, admin_pb2_grpc
 log = logging.getLogger("fiun_peer.admin")
 
 
+class Damaged(Exception):
+    """What the store holds is not what its digest says: not the caller's fault (DATA_LOSS)."""
+
+
 def _guard(fn: Callable) -> Callable:
+    # Map every outcome here: context.abort() inside a handler raises a bare Exception, which the
+    # last clause below would turn into INTERNAL.
     @functools.wraps(fn)
     def wrapper(self: AdminServicer, request: Any, context: grpc.ServicerContext) -> Any:
         try:
@@ -40,6 +46,8 @@ def _guard(fn: Callable) -> Callable:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except NotFound as exc:
             context.abort(grpc.StatusCode.NOT_FOUND, str(exc.args[0] if exc.args else exc))
+        except Damaged as exc:
+            context.abort(grpc.StatusCode.DATA_LOSS, str(exc))
         except BridgeClosed as exc:
             context.abort(grpc.StatusCode.UNAVAILABLE, f"the peer is shutting down: {exc}")
         except grpc.RpcError:
@@ -94,8 +102,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         # Read (and for a head-only version rebuilt) here, in the gRPC thread, not on the agent's loop.
         export = self._agent.read_export(request.model_id, digest, version, arch)
         if sha256_hex(export.weights) != digest:  # not the caller's fault, and not to be handed out as if it were fine
-            context.abort(grpc.StatusCode.DATA_LOSS, f"version {version} of {request.model_id} ({digest[:12]}) "
-                                                     "is damaged in this peer's store")
+            raise Damaged(f"version {version} of {request.model_id} ({digest[:12]}) is damaged in this peer's store")
         self._count("models_exported")
         return admin_pb2.ExportModelReply(model_id=request.model_id, model_digest=digest, version=version,
                                           weights=export.weights, format=export.format,
